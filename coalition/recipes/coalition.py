@@ -35,13 +35,24 @@ from coalition.training import State, settings_from
 from coalition.workers import Workers, variant_key
 
 Log = Callable[[str], None]
+OnEval = Callable[[int, dict[str, Any]], None]
 
 
 class Run:
     """One COALITION run over a run directory (stages, resume, metrics, summary)."""
 
-    def __init__(self, cfg: Config, workers: Workers, run_dir: Path, log: Log = print):
+    def __init__(
+        self,
+        cfg: Config,
+        workers: Workers,
+        run_dir: Path,
+        log: Log = print,
+        on_eval: OnEval | None = None,
+    ):
+        """``on_eval(round, accuracy)`` is called after the warm-up (round 0) and each round's
+        held-out evaluation, also for stages a resumed run reads back (e.g. to report to Tune)."""
         self.cfg, self.workers, self.dir, self.log = cfg, workers, Path(run_dir), log
+        self.on_eval = on_eval
         self.manifest = Manifest(self.dir)
         self.task: Task = from_config(cfg.task)
         self.task_spec = {
@@ -341,7 +352,9 @@ class Run:
             [(f"warmup/train/{key}", lambda key=key: self.warmup_train(key)) for key in warm_keys]
         )
         self.sync(1)
-        self.stage("eval/warmup", lambda: self.evaluate("warmup", list(self.keys)))
+        self._evaluated(
+            0, self.stage("eval/warmup", lambda: self.evaluate("warmup", list(self.keys)))
+        )
         for r in range(1, self.cfg.rounds + 1):
             self.round(r)
         return self.summarise()
@@ -360,7 +373,12 @@ class Run:
             ]
         )
         self.sync(r + 1)
-        self.stage(f"round{r}/eval", lambda: self.evaluate(f"round{r}", list(self.keys)))
+        info = self.stage(f"round{r}/eval", lambda: self.evaluate(f"round{r}", list(self.keys)))
+        self._evaluated(r, info)
+
+    def _evaluated(self, r: int, info: dict[str, Any]) -> None:
+        if self.on_eval is not None:
+            self.on_eval(r, info["accuracy"])
 
     def summarise(self) -> dict[str, Any]:
         from coalition.plots import accuracy_per_round
