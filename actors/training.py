@@ -1,19 +1,29 @@
-"""SFT and DPO updates as Ray Train ``TorchTrainer`` jobs.
+"""SFT and DPO updates under Ray Train ``TorchTrainer``, two ways (``ray.trainer``):
+
+- ``persistent`` (default): one long-lived TorchTrainer per model whose worker group serves a
+  stream of updates through a :class:`Mailbox` actor. Starting a TorchTrainer (controller,
+  worker processes, torch/transformers/TRL imports, process group) costs ~20–50 s on a small
+  machine; paid once per model instead of once per update. A worker that dies mid-update is
+  restarted by Ray Train (``FailureConfig``) and the update is redone.
+- ``per_update``: a fresh TorchTrainer per update (frees the workers' GPUs between updates).
 
 Each worker runs :func:`coalition.training.run_update` with TRL's trainer hooked into Ray
-through ``prepare_trainer`` (DDP with gloo on CPU, NCCL on GPU, when ``num_workers > 1``);
-rank 0 reports the new state as a checkpoint, which the driver reads back. TRL is used
-rather than our own loop because its SFT/DPO losses, masking and reference handling are the
-tested implementations.
+through ``prepare_trainer`` (DDP with gloo on CPU, NCCL on GPU, when ``num_workers > 1``).
+TRL is used rather than our own loop because its SFT/DPO losses, masking and reference
+handling are the tested implementations.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import ray
 
 from coalition.engines.base import LoraSpec
 from coalition.training import State, StepSettings, run_update, threads_for
@@ -95,3 +105,171 @@ def train_update(
         new_state = load_file(str(Path(folder) / STATE_FILE))
         metrics = json.loads((Path(folder) / "metrics.json").read_text())
     return new_state, metrics
+
+
+# ---------------------------------------------------------------------- persistent trainer
+
+
+@ray.remote(num_cpus=0)
+class Mailbox:
+    """Update requests for one long-lived trainer and their results, in order. Async, so a
+    worker waiting for the next request does not block the driver submitting it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any] | None] = []
+        self.results: dict[int, dict[str, Any]] = {}
+        self.finished = 0  # requests [0, finished) have a result (or were collected)
+        self.taken = -1  # the latest request a worker started
+        self.pids: dict[int, int] = {}
+        self._changed: asyncio.Condition | None = None
+
+    def _cond(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def submit(self, request: dict[str, Any] | None) -> int:
+        """Queue an update (``None`` stops the trainer); returns its sequence number."""
+        async with self._cond():
+            self.requests.append(request)
+            self._cond().notify_all()
+            return len(self.requests) - 1
+
+    async def hello(self, rank: int, pid: int) -> int:
+        """A (re)started worker checks in; it resumes at the first unfinished request."""
+        self.pids[rank] = pid
+        return self.finished
+
+    async def take(self, seq: int) -> dict[str, Any] | None:
+        """Request ``seq``, waiting for it to be submitted."""
+        async with self._cond():
+            await self._cond().wait_for(lambda: len(self.requests) > seq)
+            self.taken = max(self.taken, seq)
+            return self.requests[seq]
+
+    async def finish(self, seq: int, result: dict[str, Any]) -> None:
+        async with self._cond():
+            self.results[seq] = result
+            self.finished = max(self.finished, seq + 1)
+            self._cond().notify_all()
+
+    async def result(self, seq: int, timeout: float) -> dict[str, Any] | None:
+        """Request ``seq``'s result once there is one (``None`` after ``timeout`` seconds)."""
+        async with self._cond():
+            try:
+                await asyncio.wait_for(self._cond().wait_for(lambda: seq in self.results), timeout)
+            except TimeoutError:
+                return None
+            return self.results.pop(seq)
+
+    async def status(self) -> dict[str, Any]:
+        return {"submitted": len(self.requests), "taken": self.taken, "pids": dict(self.pids)}
+
+
+def _serve_loop(config: dict[str, Any]) -> None:
+    """A worker of a persistent trainer: run each requested update until told to stop."""
+    import ray.train
+    import torch
+    from ray.train.huggingface.transformers import prepare_trainer
+
+    torch.set_num_threads(threads_for(config["cpus"]))
+    mailbox = config["mailbox"]
+    rank = ray.train.get_context().get_world_rank()
+    seq = ray.get(mailbox.hello.remote(rank, os.getpid()))
+    while (request := ray.get(mailbox.take.remote(seq))) is not None:
+        state = ray.get(request["state"]) if request["state"] is not None else None
+        new_state, metrics = run_update(
+            request["kind"],
+            config["base_path"],
+            config["mode"],
+            config["spec"],
+            state,
+            request["rows"],
+            request["settings"],
+            config["dtype"],
+            prepare=prepare_trainer,
+        )
+        if rank == 0:  # the driver fetches the state at once; the worker owns the object
+            ray.get(mailbox.finish.remote(seq, {"state": ray.put(new_state), "metrics": metrics}))
+        ray.train.report({**metrics, "update": request["name"]})
+        seq += 1
+
+
+@ray.remote(num_cpus=0)
+def _fit(trainer: Any) -> str | None:
+    """Run a TorchTrainer to its end in a task (``fit`` installs a signal handler, so it
+    cannot run in a driver thread); returns the error, if any, as text."""
+    result = trainer.fit()
+    return None if result.error is None else repr(result.error)
+
+
+class PersistentTrainer:
+    """One long-lived TorchTrainer for model ``name``: ``update`` sends it an SFT/DPO update
+    and waits for the new state."""
+
+    def __init__(
+        self,
+        name: str,
+        base_path: str,
+        mode: str,
+        spec: LoraSpec,
+        storage: Path,
+        dtype: str = "float32",
+        workers: int = 1,
+        cpus_per_worker: float = 1.0,
+        use_gpu: bool = False,
+        max_failures: int = 3,
+    ):
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        self.name = name
+        storage = Path(storage).resolve()
+        shutil.rmtree(storage / name, ignore_errors=True)
+        self.mailbox = Mailbox.remote()
+        trainer = TorchTrainer(
+            _serve_loop,
+            train_loop_config={
+                "mailbox": self.mailbox,
+                "base_path": base_path,
+                "mode": mode,
+                "spec": spec,
+                "dtype": dtype,
+                "cpus": cpus_per_worker,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=max_failures),
+            ),
+        )
+        self.fit = _fit.remote(trainer)
+
+    def update(
+        self, kind: str, state: State | None, rows: list[dict[str, str]], settings: StepSettings
+    ) -> tuple[State, dict[str, float]]:
+        request = {
+            "kind": kind,
+            "name": f"{kind}-{settings.seed}",
+            "state": None if state is None else ray.put(state),
+            "rows": rows,
+            "settings": settings,
+        }
+        seq = ray.get(self.mailbox.submit.remote(request))
+        while (out := ray.get(self.mailbox.result.remote(seq, 2.0))) is None:
+            done, _ = ray.wait([self.fit], timeout=0)
+            if done:
+                raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
+        return ray.get(out["state"]), out["metrics"]
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the workers (they finish the update in flight) and the trainer."""
+        try:
+            ray.get(self.mailbox.submit.remote(None))
+            ray.wait([self.fit], timeout=timeout)
+        finally:
+            ray.cancel(self.fit, force=True)
+            ray.kill(self.mailbox)

@@ -11,7 +11,7 @@ import ray
 
 from actors.hosts import GeneratorActor, ScorerActor
 from actors.resilient import Resilient, gather
-from actors.training import train_update
+from actors.training import PersistentTrainer, train_update
 from coalition.config import Config
 from coalition.engines.base import SamplingParams
 from coalition.training import State, StepSettings, lora_spec
@@ -48,6 +48,7 @@ class RayWorkers(Workers):
         ).remote(*common, r.scorer_cpus)
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
+        self.trainers: dict[str, PersistentTrainer] = {}
 
     # the base model answers from the scorer (LoRA: adapters disabled); a full-weights scorer
     # keeps the base only while it scores with it
@@ -105,6 +106,21 @@ class RayWorkers(Workers):
 
     def train(self, kind: str, key: str, state: State | None, rows, settings: StepSettings):
         r = self.cfg.ray
+        if r.trainer == "persistent":
+            if key not in self.trainers:
+                self.trainers[key] = PersistentTrainer(
+                    f"trainer-{key}",
+                    self.base_path,
+                    self.mode,
+                    self.spec,
+                    self.storage,
+                    self.cfg.model.dtype,
+                    r.train_workers,
+                    r.train_cpus_per_worker,
+                    r.train_use_gpu,
+                    max(r.max_restarts, 0),
+                )
+            return self.trainers[key].update(kind, state, rows, settings)
         return train_update(
             kind,
             f"{kind}-{key}-{settings.seed}",
@@ -143,5 +159,7 @@ class RayWorkers(Workers):
         return dict(zip(names, gather([(h, "versions", ()) for h in hosts]), strict=True))
 
     def close(self) -> None:
+        for trainer in self.trainers.values():
+            trainer.close()
         for h in [*self.gens.values(), self.scorer]:
             ray.kill(h.actor, no_restart=True)

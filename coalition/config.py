@@ -29,6 +29,7 @@ class ModelConfig(_Strict):
     """Which model to load and how."""
 
     name_or_path: str = "builtin:smollm2-135m-instruct"
+    # auto: bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = "auto"
     trust_remote_code: bool = False
@@ -147,6 +148,9 @@ class RayConfig(_Strict):
     train_workers: int = Field(1, ge=1)
     train_cpus_per_worker: float = Field(1.0, gt=0.0)
     train_use_gpu: bool = False
+    # persistent: one long-lived TorchTrainer per model serves every update (no ~30 s start-up
+    # per update); per_update: a fresh TorchTrainer each time (frees its GPUs in between)
+    trainer: Literal["persistent", "per_update"] = "persistent"
     max_restarts: int = Field(3, ge=-1)
     max_retries: int = Field(3, ge=0)
     chunk_size: int = Field(32, ge=1)

@@ -32,3 +32,34 @@ def accuracy(correct: Sequence[bool], n_boot: int = 1000, seed: int = 0) -> Accu
     means = values[idx].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return Accuracy(int(values.size), mean, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``after - before`` on the same questions, with a paired-bootstrap 95% interval."""
+
+    n: int
+    delta: float
+    ci_low: float
+    ci_high: float
+
+    def __str__(self) -> str:
+        return f"{self.delta:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] (n={self.n})"
+
+
+def paired_difference(
+    before: Sequence[float], after: Sequence[float], n_boot: int = 1000, seed: int = 0
+) -> Difference:
+    """Mean of ``after - before`` per question; questions are resampled together, so the
+    interval is much tighter than comparing two independent accuracy intervals."""
+    b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if b.shape != a.shape or b.size == 0:
+        raise ValueError(f"paired scores must be non-empty and aligned ({b.size} vs {a.size})")
+    diff = a - b
+    mean = float(diff.mean())
+    if n_boot <= 0:
+        return Difference(int(diff.size), mean, mean, mean)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return Difference(int(diff.size), mean, float(low), float(high))

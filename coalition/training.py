@@ -150,6 +150,10 @@ def _fit(
             processing_class=tokenizer,
             **extra,
         )
+        # per-step log dicts go to the run's metrics, not to the terminal
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
         if prepare is not None:
             trainer = prepare(trainer)
         trainer.train()

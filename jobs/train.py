@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
     print_table(["stage", "model", "n", "accuracy", "95% CI"], rows)
+    gains = [
+        [stage, name, f"{g['delta']:+.3f}", f"[{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"]
+        for stage, per in summary["gain_over_warmup"].items()
+        for name, g in per.items()
+    ]
+    if gains:
+        print_table(["round", "model", "gain over warm-up", "paired 95% CI"], gains)
     print(f"wall time {time.perf_counter() - start:.0f}s; run_dir: {run_dir}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +25,25 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(dtype: str) -> torch.dtype | str:
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (bf16 is then ~2× faster than fp32 on CPU;
+    without it, e.g. on AVX2-only CPUs, bf16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def pick_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype:
+    """``auto`` → bfloat16 where the device computes it natively, else float32."""
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device or pick_device("auto")) else torch.float32
+    return getattr(torch, dtype)
 
 
 class HFEngine(Engine):
@@ -61,7 +79,7 @@ class HFEngine(Engine):
 
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code
+            path, dtype=pick_dtype(dtype, pick_device(device)), trust_remote_code=trust_remote_code
         ).to(pick_device(device))
         return cls(model, tokenizer, batch_size=batch_size, progress=progress)
 

@@ -380,6 +380,32 @@ class Run:
         if self.on_eval is not None:
             self.on_eval(r, info["accuracy"])
 
+    def gains(self) -> dict[str, dict[str, Any]]:
+        """Per round: each variant's accuracy change over its warm-up on the same questions,
+        and the variants' mean, with paired-bootstrap 95% intervals (the learning signal)."""
+
+        def correct(tag: str, key: str) -> dict[str, float]:
+            return {p.id: float(p.correct) for p in predictions_of(self.dir, tag, key)}
+
+        warm = {key: correct("warmup", key) for key in self.keys}
+        ids = sorted(warm[self.keys[0]])
+        out: dict[str, dict[str, Any]] = {}
+        for r in range(1, self.cfg.rounds + 1):
+            after = {key: correct(f"round{r}", key) for key in self.keys}
+            cols = {
+                key: ([warm[key][i] for i in ids], [after[key][i] for i in ids])
+                for key in self.keys
+            }
+            cols["mean"] = (
+                [sum(warm[k][i] for k in self.keys) / self.K for i in ids],
+                [sum(after[k][i] for k in self.keys) / self.K for i in ids],
+            )
+            out[f"round{r}"] = {}
+            for name, (b, a) in cols.items():
+                d = stats.paired_difference(b, a, self.cfg.evaluate.bootstrap, self.cfg.seed)
+                out[f"round{r}"][name] = {"delta": d.delta, "ci95": [d.ci_low, d.ci_high], "n": d.n}
+        return out
+
     def summarise(self) -> dict[str, Any]:
         from coalition.plots import accuracy_per_round
 
@@ -398,6 +424,7 @@ class Run:
             "rounds": self.cfg.rounds,
             "method": self.cfg.evaluate.method,
             "accuracy": acc,
+            "gain_over_warmup": self.gains(),
             "pairs": {
                 f"round{r}": info[f"round{r}/pairs"]["pairs"] for r in range(1, self.cfg.rounds + 1)
             },

@@ -22,6 +22,19 @@ def test_all_correct_has_degenerate_interval():
     assert (a.accuracy, a.ci_low, a.ci_high) == (1.0, 1.0, 1.0)
 
 
+def test_paired_difference_is_tighter_than_independent_intervals():
+    # 100 questions; "after" fixes 12 wrong answers and breaks 2 right ones: +0.10
+    before = [1.0] * 30 + [0.0] * 70
+    after = [1.0] * 28 + [0.0] * 2 + [1.0] * 12 + [0.0] * 58
+    d = stats.paired_difference(before, after, n_boot=2000, seed=0)
+    assert d.delta == pytest.approx(0.10)
+    assert 0.0 < d.ci_low < 0.10 < d.ci_high
+    # independent intervals of 0.30 and 0.40 overlap; the paired one excludes zero
+    assert stats.accuracy(after, 2000).ci_low < stats.accuracy(before, 2000).ci_high
+    with pytest.raises(ValueError, match="aligned"):
+        stats.paired_difference([1.0], [1.0, 0.0])
+
+
 def test_records_roundtrip_with_schema(tmp_path):
     ex = [Example("1", "q?", "4", "because", ("a", "b"), {"k": 1})]
     write_records(tmp_path / "e.jsonl", ex)
