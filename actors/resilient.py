@@ -4,6 +4,7 @@ base model)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,8 +17,16 @@ LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 class Resilient:
     """An actor handle plus what must be replayed into it after a restart."""
 
-    def __init__(self, actor: Any, name: str, retries: int, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        actor: Any,
+        name: str,
+        retries: int,
+        log: Callable[[str], None] = print,
+        restart_timeout: float = 600.0,
+    ):
         self.actor, self.name, self.retries, self.log = actor, name, retries, log
+        self.restart_timeout = restart_timeout
         self._replay: dict[str, tuple[str, tuple[Any, ...]]] = {}
 
     def remember(self, tag: str, method: str, *args: Any) -> None:
@@ -47,15 +56,20 @@ class Resilient:
         return self.get(self.submit(method, *args), method, *args)
 
     def _restore(self) -> None:
-        for attempt in range(self.retries + 1):
+        """Wait (with backoff) while the actor restarts — a loaded machine can take a minute to
+        bring a model back — then replay its state. An actor dead for good raises at once."""
+        deadline, delay = time.monotonic() + self.restart_timeout, 0.25
+        while True:
             try:
                 ray.get(
                     [self.submit(m, *a) for m, a in self._replay.values()] or [self.submit("pid")]
                 )
                 return
-            except LOST:
-                if attempt == self.retries:
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
                     raise
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
 
 def gather(calls: Sequence[tuple[Resilient, str, tuple[Any, ...]]]) -> list[Any]:

@@ -20,10 +20,11 @@ def init_ray(cfg: Config) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     r = cfg.ray
+    trainers = cfg.variants.count + (cfg.scorer == "ift_all")  # one per model, all at once
     need = (
         cfg.variants.count * r.generator_cpus
         + r.scorer_cpus
-        + cfg.variants.count * r.train_workers * r.train_cpus_per_worker  # updates run at once
+        + trainers * r.train_workers * r.train_cpus_per_worker
     )
     cpus = r.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)

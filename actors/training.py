@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,9 @@ def _serve_loop(config: dict[str, Any]) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
 
     torch.set_num_threads(threads_for(config["cpus"]))
+    import peft  # noqa: F401 - imported now, while the driver is busy elsewhere, not per update
+    import trl  # noqa: F401
+
     mailbox = config["mailbox"]
     rank = ray.train.get_context().get_world_rank()
     seq = ray.get(mailbox.hello.remote(rank, os.getpid()))
@@ -223,7 +227,7 @@ class PersistentTrainer:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
-        self.name = name
+        self.name, self.workers = name, workers
         storage = Path(storage).resolve()
         shutil.rmtree(storage / name, ignore_errors=True)
         self.mailbox = Mailbox.remote()
@@ -247,6 +251,16 @@ class PersistentTrainer:
             ),
         )
         self.fit = _fit.remote(trainer)
+
+    def ready(self, timeout: float = 300.0) -> None:
+        """Wait until every worker has started and checked in (benchmarks time a warm system)."""
+        deadline = time.monotonic() + timeout
+        while len(ray.get(self.mailbox.status.remote())["pids"]) < self.workers:
+            if ray.wait([self.fit], timeout=0)[0]:
+                raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"trainer {self.name}: workers not up after {timeout:.0f}s")
+            time.sleep(0.2)
 
     def update(
         self, kind: str, state: State | None, rows: list[dict[str, str]], settings: StepSettings

@@ -49,6 +49,30 @@ class RayWorkers(Workers):
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
         self.trainers: dict[str, PersistentTrainer] = {}
+        if r.trainer == "persistent":  # started now, so their start-up overlaps other stages
+            keys = [variant_key(k) for k in range(cfg.variants.count)]
+            for key in keys + (["ift"] if cfg.scorer == "ift_all" else []):
+                self.trainers[key] = self._trainer(key)
+
+    def _trainer(self, key: str) -> PersistentTrainer:
+        r = self.cfg.ray
+        return PersistentTrainer(
+            f"trainer-{key}",
+            self.base_path,
+            self.mode,
+            self.spec,
+            self.storage,
+            self.cfg.model.dtype,
+            r.train_workers,
+            r.train_cpus_per_worker,
+            r.train_use_gpu,
+            max(r.max_restarts, 0),
+        )
+
+    def ready(self) -> None:
+        """Wait for the trainers' workers (benchmarks time a warm system)."""
+        for trainer in self.trainers.values():
+            trainer.ready()
 
     # the base model answers from the scorer (LoRA: adapters disabled); a full-weights scorer
     # keeps the base only while it scores with it
@@ -108,18 +132,7 @@ class RayWorkers(Workers):
         r = self.cfg.ray
         if r.trainer == "persistent":
             if key not in self.trainers:
-                self.trainers[key] = PersistentTrainer(
-                    f"trainer-{key}",
-                    self.base_path,
-                    self.mode,
-                    self.spec,
-                    self.storage,
-                    self.cfg.model.dtype,
-                    r.train_workers,
-                    r.train_cpus_per_worker,
-                    r.train_use_gpu,
-                    max(r.max_restarts, 0),
-                )
+                self.trainers[key] = self._trainer(key)
             return self.trainers[key].update(kind, state, rows, settings)
         return train_update(
             kind,

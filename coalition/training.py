@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,12 +40,13 @@ class StepSettings:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     seed: int = 0
+    log_dir: str | None = None  # TensorBoard event files of this update (None: no TensorBoard)
 
 
-def settings_from(cfg: Any, seed: int) -> StepSettings:
+def settings_from(cfg: Any, seed: int, log_dir: Path | None = None) -> StepSettings:
     """StepSettings from a ``StepConfig``/``SROConfig`` (fields it lacks keep their defaults)."""
     fields = {k: v for k, v in cfg.model_dump().items() if k in StepSettings.__dataclass_fields__}
-    return StepSettings(**fields, seed=seed)
+    return StepSettings(**fields, seed=seed, log_dir=str(log_dir) if log_dir else None)
 
 
 def lora_spec(cfg: Any) -> LoraSpec:
@@ -103,7 +105,7 @@ def _common_args(s: StepSettings, out_dir: str) -> dict[str, Any]:
         "data_seed": s.seed,
         "logging_steps": 1,
         "save_strategy": "no",
-        "report_to": [],
+        "report_to": ["tensorboard"] if s.log_dir else [],
         "disable_tqdm": True,
         "use_cpu": not torch.cuda.is_available(),
         "bf16": False,
@@ -142,6 +144,8 @@ def _fit(
     if not rows:
         raise ValueError(f"{trainer_cls.__name__} needs at least one row")
     torch.manual_seed(settings.seed)
+    if settings.log_dir:  # read by transformers' TensorBoard callback (tensorboardX suffices)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = settings.log_dir
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = trainer_cls(
             model=model,

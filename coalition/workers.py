@@ -89,6 +89,9 @@ class Workers(ABC):
         """What each serving host itself reports (one host in process)."""
         return {"local": self.versions()}
 
+    def ready(self) -> None:  # noqa: B027 - optional hook
+        """Wait until everything has started (in-process workers always have)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 

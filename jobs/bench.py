@@ -103,6 +103,7 @@ def bench_round(cfg, run_dir: Path) -> dict:
             for k in range(cfg.variants.count):
                 save_state(run.state_path(f"v{k}", 1), states[k], f"v{k}", 1)
             run.sync(1)
+            workers.ready()  # trainers up, as in any run past its warm-up
             start = time.perf_counter()
             run.round(1)
             seconds = time.perf_counter() - start

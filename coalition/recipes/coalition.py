@@ -113,6 +113,10 @@ class Run:
     def state_path(self, key: str, version: int) -> Path:
         return self.dir / "states" / f"{key}-v{version}.safetensors"
 
+    def tb_dir(self, name: str) -> Path:
+        """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
+        return (self.dir / "tensorboard" / name).resolve()
+
     def save(self, key: str, state: State, version: int) -> None:
         save_state(self.state_path(key, version), state, key, version)
 
@@ -189,7 +193,9 @@ class Run:
     def warmup_train(self, key: str) -> dict[str, Any]:
         rows = json.loads((self.dir / "warmup" / f"rows-{key}.json").read_text())
         salt = self.keys.index(key) if key in self.keys else self.K
-        settings = settings_from(self.cfg.warmup, self.cfg.seed + salt)
+        settings = settings_from(
+            self.cfg.warmup, self.cfg.seed + salt, self.tb_dir(f"warmup-{key}")
+        )
         state, metrics = self.workers.train("sft", key, None, rows, settings)
         self.save(key, state, 1)
         return {"rows": len(rows), **metrics}
@@ -333,7 +339,9 @@ class Run:
         if not rows:
             self.save(key, state, r + 1)  # nothing to learn: same weights, next version
             return {"pairs": 0, "skipped": True}
-        settings = settings_from(self.cfg.sro, self.cfg.seed + 1000 * r + k)
+        settings = settings_from(
+            self.cfg.sro, self.cfg.seed + 1000 * r + k, self.tb_dir(f"round{r}-{key}")
+        )
         new_state, metrics = self.workers.train("dpo", key, state, rows, settings)
         self.save(key, new_state, r + 1)
         return {"pairs": len(rows), **metrics}

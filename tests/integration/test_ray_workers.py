@@ -32,7 +32,10 @@ def lora_state(tiny_path, seed):
 def workers(ray_session, tiny_path, tmp_path):
     from actors.workers import RayWorkers
 
-    cfg = config.load(SMOKE, ["ray.chunk_size=2", "ray.max_restarts=2", "ray.max_retries=3"])
+    cfg = config.load(
+        SMOKE,
+        ["ray.chunk_size=2", "ray.max_restarts=2", "ray.max_retries=3", "ray.trainer=per_update"],
+    )
     w = RayWorkers(cfg, tiny_path, tmp_path / "train", log=lambda _: None)
     yield w
     w.close()

@@ -16,15 +16,18 @@ DPO_ROWS = [
 ]
 
 
-def test_sft_learns_the_completions(tiny_path):
+def test_sft_learns_the_completions(tiny_path, tmp_path):
     spec = LoraSpec(
         r=8,
         alpha=16,
         target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"),
     )
-    settings = training.StepSettings(lr=3e-2, epochs=8, batch_size=4, seed=1)
+    settings = training.StepSettings(
+        lr=3e-2, epochs=8, batch_size=4, seed=1, log_dir=str(tmp_path / "tb")
+    )
     state, metrics = training.run_update("sft", tiny_path, "lora", spec, None, SFT_ROWS, settings)
     assert metrics["loss_last"] < metrics["loss_first"] - 0.5, metrics
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard curves
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())
 
 
