@@ -126,6 +126,9 @@ class WarmupConfig(StepConfig):
     rationales_from: Literal["auto", "gold", "self"] = "auto"
     self_samples: int = Field(4, ge=1)
     self_temperature: float = Field(0.7, ge=0.0)
+    # share of refine-mode rows whose draft is already right (the rest are wrong drafts): too
+    # many teach the refiner to copy its input, which makes refinement pairs identical ties
+    correct_drafts: float = Field(0.25, ge=0.0, le=1.0)
 
 
 class SROConfig(StepConfig):
@@ -177,6 +180,9 @@ class Config(_Strict):
     # COALITION (jobs/train.py)
     rounds: int = Field(1, ge=0)
     pool: int = Field(64, ge=1)
+    # rationales each variant writes per pool question (the paper: 1); more give the
+    # best-vs-worst generation pair more contrast and fewer identical-text ties
+    samples: int = Field(1, ge=1)
     refine: Literal["cross", "self", "none"] = "cross"
     filter: bool = True
     scorer: Literal["ift_all", "variants_mean", "base"] = "variants_mean"

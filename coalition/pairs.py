@@ -30,6 +30,7 @@ class Candidate:
     guide: int | None = None
     utility: float | None = None
     tokens: int = 0
+    sample: int = 0  # which of the variant's ``samples`` rationales for the question
 
     kind: ClassVar[str] = "candidate"
 
@@ -70,8 +71,8 @@ def _utility(c: Candidate) -> float:
 
 
 def _extremes(cands: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
-    # ties broken by variant index so selection is deterministic
-    ranked = sorted(cands, key=lambda c: (-_utility(c), c.variant))
+    # ties broken by variant and sample index so selection is deterministic
+    ranked = sorted(cands, key=lambda c: (-_utility(c), c.variant, c.sample))
     return ranked[0], ranked[-1]
 
 

@@ -3,8 +3,8 @@
 Rationales come from the dataset's gold rationales when it has them, otherwise from the base
 model's own samples that reach the gold answer (``warmup.rationales_from``). Each question gives
 one row per prompt mode; the refine row corrects a draft (a wrong sample of the model's, or the
-rationale with one number changed, or — half the time — the correct rationale itself, so the
-model also learns to keep what is right).
+rationale with one number changed, or — a ``correct_drafts`` share of the time — the correct
+rationale itself, so the model also learns to keep what is right).
 """
 
 from __future__ import annotations
@@ -42,19 +42,26 @@ def corrupt(rationale: str, rng: random.Random) -> str:
     return rationale[: m.start()] + str(wrong) + rationale[m.end() :]
 
 
-def from_gold(examples: list[Example], seed: int) -> tuple[list[Sourced], int]:
+def from_gold(
+    examples: list[Example], seed: int, correct_drafts: float = 0.25
+) -> tuple[list[Sourced], int]:
     """Questions with gold rationales (and how many lacked one)."""
     rng = random.Random(seed)
     out = []
     for ex in examples:
         if ex.rationale:
-            draft = ex.rationale if rng.random() < 0.5 else corrupt(ex.rationale, rng)
+            keep = rng.random() < correct_drafts
+            draft = ex.rationale if keep else corrupt(ex.rationale, rng)
             out.append(Sourced(ex, ex.rationale, draft))
     return out, len(examples) - len(out)
 
 
 def from_samples(
-    task: Task, examples: list[Example], samples: list[list[Generation]], seed: int
+    task: Task,
+    examples: list[Example],
+    samples: list[list[Generation]],
+    seed: int,
+    correct_drafts: float = 0.25,
 ) -> tuple[list[Sourced], int]:
     """Questions where one of the model's samples reached the gold answer (and how many had none)."""
     rng = random.Random(seed)
@@ -63,9 +70,10 @@ def from_samples(
         right = [g.text for g in gens if task.is_correct(task.extract(g.text), ex)]
         wrong = [g.text for g in gens if g.text not in right]
         if right:
-            draft = wrong[0] if wrong and rng.random() < 0.5 else right[0]
-            if draft == right[0] and rng.random() < 0.5:
-                draft = corrupt(right[0], rng)
+            if rng.random() < correct_drafts:
+                draft = right[0]
+            else:  # a wrong sample of its own when there is one, else a corrupted right one
+                draft = wrong[0] if wrong else corrupt(right[0], rng)
             out.append(Sourced(ex, right[0], draft))
     return out, len(examples) - len(out)
 

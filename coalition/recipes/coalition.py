@@ -164,7 +164,7 @@ class Run:
         if source == "auto":
             source = "gold" if all(ex.rationale for ex in self.warm_qs) else "self"
         if source == "gold":
-            items, missing = warmup.from_gold(self.warm_qs, self.cfg.seed)
+            items, missing = warmup.from_gold(self.warm_qs, self.cfg.seed, cfg.correct_drafts)
         else:
             params = replace(
                 sampling(self.cfg.generation),
@@ -174,7 +174,9 @@ class Run:
             )
             texts = [self.render("rationale", ex) for ex in self.warm_qs]
             samples = self.workers.generate({None: texts}, params)[None]
-            items, missing = warmup.from_samples(self.task, self.warm_qs, samples, self.cfg.seed)
+            items, missing = warmup.from_samples(
+                self.task, self.warm_qs, samples, self.cfg.seed, cfg.correct_drafts
+            )
         if not items:
             raise RuntimeError(
                 f"warm-up: no usable rationale for any of {len(self.warm_qs)} questions "
@@ -225,11 +227,13 @@ class Run:
     def generate(self, r: int) -> dict[str, Any]:
         pool = self.pool(r)
         texts = [self.render("rationale", ex) for ex in pool]
-        outs = self.workers.generate({key: texts for key in self.keys}, self.round_params(r, 1))
+        params = replace(self.round_params(r, 1), n=self.cfg.samples)
+        outs = self.workers.generate({key: texts for key in self.keys}, params)
         cands = [
-            P.Candidate(ex.id, k, "generate", outs[key][i][0].text, tokens=outs[key][i][0].tokens)
+            P.Candidate(ex.id, k, "generate", g.text, tokens=g.tokens, sample=j)
             for k, key in enumerate(self.keys)
             for i, ex in enumerate(pool)
+            for j, g in enumerate(outs[key][i])
         ]
         write_records(self.dir / f"round{r}" / "drafts.jsonl", cands)
         return {"candidates": len(cands), "versions": self.workers.versions()}
@@ -239,7 +243,7 @@ class Run:
             write_records(self.dir / f"round{r}" / "refinements.jsonl", [])
             return {"candidates": 0}
         pool = {ex.id: ex for ex in self.pool(r)}
-        drafts = {(c.qid, c.variant): c for c in self._read(r, "drafts")}
+        drafts = {(c.qid, c.variant): c for c in self._read(r, "drafts") if c.sample == 0}
         _, _, ref_owner = self.layout(r)
         jobs: dict[str | None, list[str]] = {key: [] for key in self.keys}
         meta: dict[str, list[tuple[str, int]]] = {key: [] for key in self.keys}
@@ -284,16 +288,16 @@ class Run:
         scored = read_records(self.dir / f"round{r}" / "scored.jsonl", P.Candidate)
         u0 = json.loads((self.dir / f"round{r}" / "u0.json").read_text())
         _, gen_owner, ref_owner = self.layout(r)
-        drafts = {(c.qid, c.variant): c for c in scored if c.stage == "generate"}
+        by_qid: dict[str, list[P.Candidate]] = {}
         refs: dict[str, list[P.Candidate]] = {}
         for c in scored:
-            if c.stage == "refine":
-                refs.setdefault(c.qid, []).append(c)
+            (by_qid if c.stage == "generate" else refs).setdefault(c.qid, []).append(c)
+        # the draft a guide hands on for refinement is its first sample
+        drafts = {(c.qid, c.variant): c for cs in by_qid.values() for c in cs if c.sample == 0}
         kept: list[P.Pair] = []
         reasons: dict[str, Counter] = {key: Counter() for key in self.keys}
         for qid, k in sorted(gen_owner.items()):
-            group = [drafts[(qid, j)] for j in range(self.K)]
-            d = P.select_generation(group, u0[qid], self.cfg.filter)
+            d = P.select_generation(by_qid[qid], u0[qid], self.cfg.filter)
             reasons[self.keys[k]][f"generate:{d.reason}"] += 1
             if d.kept:
                 kept.append(self._pair(k, "generate", self.render("rationale", pool[qid]), d))

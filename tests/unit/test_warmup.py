@@ -50,3 +50,12 @@ def test_self_sampled_rationales_keep_only_correct():
     items, missing = warmup.from_samples(task, exs, samples, seed=0)
     assert missing == 1 and [it.example.id for it in items] == ["a"]
     assert items[0].rationale == "so The answer is yes."
+
+
+def test_correct_drafts_share_is_respected():
+    task = get_task("basic_arithmetic", 200, 1, 0, {"min_terms": 2, "max_terms": 3})
+    examples = task.load("train")
+    kept = lambda items: sum(it.draft == it.rationale for it in items) / len(items)  # noqa: E731
+    assert kept(warmup.from_gold(examples, 0, correct_drafts=0.0)[0]) == 0.0
+    assert kept(warmup.from_gold(examples, 0, correct_drafts=1.0)[0]) == 1.0
+    assert 0.15 < kept(warmup.from_gold(examples, 0, correct_drafts=0.25)[0]) < 0.35
