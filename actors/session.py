@@ -7,6 +7,9 @@ import os
 
 from coalition.config import Config
 
+# for actors and trainer workers: model-loading and dataset progress bars off
+QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
 
 def init_ray(cfg: Config) -> None:
     import ray

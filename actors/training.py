@@ -26,10 +26,15 @@ from typing import Any
 
 import ray
 
+from actors.session import QUIET
 from coalition.engines.base import LoraSpec
 from coalition.training import State, StepSettings, run_update, threads_for
 
 STATE_FILE = "state.safetensors"
+# Ray Train routes every print of a worker to its logger, even prints a library captures for
+# itself (datasets' fingerprinting disassembles functions into a captured stdout): off. And no
+# per-update progress bars in the driver's terminal (the stage lines say what runs).
+WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET}}
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -97,7 +102,7 @@ def train_update(
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),
-        run_config=RunConfig(name=name, storage_path=str(storage)),
+        run_config=RunConfig(name=name, storage_path=str(storage), worker_runtime_env=WORKER_ENV),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -248,6 +253,7 @@ class PersistentTrainer:
                 name=name,
                 storage_path=str(storage),
                 failure_config=FailureConfig(max_failures=max_failures),
+                worker_runtime_env=WORKER_ENV,
             ),
         )
         self.fit = _fit.remote(trainer)
@@ -283,7 +289,8 @@ class PersistentTrainer:
         """Stop the workers (they finish the update in flight) and the trainer."""
         try:
             ray.get(self.mailbox.submit.remote(None))
-            ray.wait([self.fit], timeout=timeout)
+            if not ray.wait([self.fit], timeout=timeout)[0]:
+                ray.cancel(self.fit, force=True)  # only if still running: Ray aborts on a
+                # force-cancel racing the task's own completion
         finally:
-            ray.cancel(self.fit, force=True)
             ray.kill(self.mailbox)

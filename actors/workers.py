@@ -11,6 +11,7 @@ import ray
 
 from actors.hosts import GeneratorActor, ScorerActor
 from actors.resilient import Resilient, gather
+from actors.session import QUIET
 from actors.training import PersistentTrainer, train_update
 from coalition.config import Config
 from coalition.engines.base import SamplingParams
@@ -40,11 +41,17 @@ class RayWorkers(Workers):
         for k in range(cfg.variants.count):
             key = variant_key(k)
             actor = GeneratorActor.options(
-                num_cpus=r.generator_cpus, num_gpus=r.generator_gpus, max_restarts=r.max_restarts
+                num_cpus=r.generator_cpus,
+                num_gpus=r.generator_gpus,
+                max_restarts=r.max_restarts,
+                runtime_env={"env_vars": QUIET},
             ).remote(*common, r.generator_cpus)
             self.gens[key] = Resilient(actor, f"generator[{key}]", r.max_retries, log)
         actor = ScorerActor.options(
-            num_cpus=r.scorer_cpus, num_gpus=r.generator_gpus, max_restarts=r.max_restarts
+            num_cpus=r.scorer_cpus,
+            num_gpus=r.generator_gpus,
+            max_restarts=r.max_restarts,
+            runtime_env={"env_vars": QUIET},
         ).remote(*common, r.scorer_cpus)
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
