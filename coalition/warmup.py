@@ -20,6 +20,7 @@ from coalition.records import Example
 from coalition.tasks.base import Task
 
 _NUM = re.compile(r"-?\d+")
+_RESULT = re.compile(r"= (-?\d+)")  # a step's result
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,19 @@ class Sourced:
 
 
 def corrupt(rationale: str, rng: random.Random) -> str:
-    """The rationale with its last number changed (a plausible wrong draft)."""
-    found = list(_NUM.finditer(rationale))
-    if not found:
+    """A plausible wrong draft: one step's result changed and carried into the steps after it
+    (so the refiner must recompute steps, not just restate the last one); without numbers,
+    the last sentence dropped."""
+    results = list(_RESULT.finditer(rationale)) or list(_NUM.finditer(rationale))
+    if not results:
         sentences = rationale.split(". ")
         return ". ".join(sentences[:-1]) if len(sentences) > 1 else rationale + " Maybe."
-    m = found[-1]
-    wrong = int(m.group()) + rng.choice([-3, -2, -1, 1, 2, 3])
-    return rationale[: m.start()] + str(wrong) + rationale[m.end() :]
+    m = rng.choice(results)
+    old = m.group(m.lastindex or 0)
+    wrong = str(int(old) + rng.choice([-10, -3, -2, -1, 1, 2, 3, 10]))
+    start, end = m.span(m.lastindex or 0)
+    rest = re.sub(rf"(?<![\d-]){re.escape(old)}(?!\d)", wrong, rationale[end:])
+    return rationale[:start] + wrong + rest
 
 
 def from_gold(

@@ -13,9 +13,20 @@ def test_arithmetic_steps_innermost_first():
     assert arithmetic_steps("How many legs do 3 cats have?") is None
 
 
-def test_corrupt_changes_last_number():
-    out = warmup.corrupt("2 + 3 = 5. The answer is 5.", random.Random(0))
-    assert out.startswith("2 + 3 = 5. The answer is ") and out != "2 + 3 = 5. The answer is 5."
+def test_corrupt_changes_a_step_result_and_carries_it_forward():
+    gold = "21 + 70 = 91. 91 + 70 = 161. The answer is 161."
+    outs = {warmup.corrupt(gold, random.Random(seed)) for seed in range(20)}
+    assert gold not in outs
+    # an early step's error is carried into the next step, which is left unrecomputed
+    early = [o for o in outs if not o.startswith("21 + 70 = 91.")]
+    assert early and all(o.endswith("+ 70 = 161. The answer is 161.") for o in early)
+    for o in early:
+        wrong = o.split("= ")[1].split(".")[0]
+        assert o.startswith(f"21 + 70 = {wrong}. {wrong} + 70") and wrong != "91"
+    # a final step's error reaches the stated answer
+    late = [o for o in outs if o.startswith("21 + 70 = 91.")]
+    assert late and all(o.split("= ")[2].split(".")[0] == o.split()[-1][:-1] for o in late)
+    assert warmup.corrupt("Heads, then tails", random.Random(0)) != "Heads, then tails"
 
 
 def test_rows_from_gold_cover_every_mode(tiny_engine):
