@@ -138,6 +138,9 @@ class SROConfig(StepConfig):
     batch_size: int = Field(4, ge=1)
     beta: float = Field(0.1, gt=0.0)
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    # weight of an NLL term on the chosen rationale (0: plain DPO, as in the paper). Iterative
+    # RPO (Pang et al., 2024) found DPO alone lowers the chosen likelihood on reasoning tasks.
+    nll_weight: float = Field(0.0, ge=0.0)
 
 
 class RayConfig(_Strict):

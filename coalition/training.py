@@ -39,6 +39,7 @@ class StepSettings:
     warmup_ratio: float = 0.0
     beta: float = 0.1
     loss_type: str = "sigmoid"
+    nll_weight: float = 0.0  # DPO + NLL on the chosen side (TRL's "sft" loss term)
     seed: int = 0
     log_dir: str | None = None  # TensorBoard event files of this update (None: no TensorBoard)
 
@@ -196,8 +197,14 @@ def dpo(
     from trl import DPOConfig, DPOTrainer
 
     def make_args(out_dir: str) -> Any:
+        losses, weights = [settings.loss_type], [1.0]
+        if settings.nll_weight > 0:
+            losses, weights = [*losses, "sft"], [*weights, settings.nll_weight]
         return DPOConfig(
-            **_common_args(settings, out_dir), beta=settings.beta, loss_type=[settings.loss_type]
+            **_common_args(settings, out_dir),
+            beta=settings.beta,
+            loss_type=losses,
+            loss_weights=weights,
         )
 
     ref_model = None if isinstance(model, PeftModel) else copy.deepcopy(model).eval()

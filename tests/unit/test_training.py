@@ -70,3 +70,19 @@ def test_full_mode_updates_every_weight(tiny_path):
     assert engine.versions() == {"weights": 3}
     changed = [k for k, v in engine.model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > 10
+
+
+def test_dpo_with_nll_term_raises_the_chosen_likelihood(tiny_path):
+    warm, _ = training.run_update(
+        "sft", tiny_path, "lora", SPEC, None, SFT_ROWS, training.StepSettings(lr=1e-2, epochs=2)
+    )
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    prompts, chosen = [r["prompt"] for r in DPO_ROWS], [r["chosen"] for r in DPO_ROWS]
+    engine.set_adapter("warm", warm, 1, SPEC)
+    before = sum(s.sum for s in engine.score(prompts, chosen, "warm"))
+    settings = training.StepSettings(lr=2e-2, epochs=4, batch_size=4, seed=2, nll_weight=1.0)
+    new, metrics = training.run_update("dpo", tiny_path, "lora", SPEC, warm, DPO_ROWS, settings)
+    # DPO starts at ln 2; the NLL of the chosen side is added on top
+    assert metrics["loss_first"] > math.log(2) + 0.1
+    engine.set_adapter("rpo", new, 2, SPEC)
+    assert sum(s.sum for s in engine.score(prompts, chosen, "rpo")) > before
