@@ -289,10 +289,18 @@ def _first_message(exc: Exception) -> str:
     return str(exc)
 
 
+def _path(loc: tuple[Any, ...]) -> str:
+    """``("models", 0, "family")`` → ``models[0].family``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
 def _describe(err: dict[str, Any]) -> str:
     """One line per problem: the key path, then what is wrong and what is allowed."""
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "<root>"
+    path = _path(loc)
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1])
         allowed = sorted(owner.model_fields) if owner else []
@@ -330,7 +338,8 @@ def validate(raw: dict[str, Any]) -> SweepConfig:
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
+        # a misspelt key also shows up as the right key missing: name the misspelling first
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(_describe(errors[0]) + more) from None
     check_trials(sweep)
@@ -494,15 +503,17 @@ def trial_resources(cfg: Config, driver_cpus: float) -> TrialResources:
 
 
 def max_concurrent(
-    cluster: dict[str, float], needs: list[TrialResources], cap: int | None = None
+    cluster: dict[str, float], needs: list[TrialResources], explicit: int | None = None
 ) -> int:
-    """How many trials fit at once, sized for the largest trial so that no trial's Ray Train
-    workers wait on resources held by other trials (that wait would never end). At least 1
-    (an autoscaling cluster adds nodes for it), at most ``cap`` when given."""
+    """How many trials run at once: ``explicit`` when given (``resources.max_concurrent_trials``,
+    e.g. for a cluster that autoscales from zero GPUs), else as many of the largest trial as
+    the cluster holds now, so that no trial's Ray Train workers wait on resources other
+    trials hold (a wait that would never end); at least 1."""
+    if explicit:
+        return explicit
     worst: dict[str, float] = {}
     for need in needs:
         for key, value in need.total().items():
             worst[key] = max(worst.get(key, 0.0), value)
     fits = [math.floor(cluster.get(key, 0.0) / value + 1e-9) for key, value in worst.items()]
-    n = max(1, min(fits, default=1))
-    return min(n, cap) if cap else n
+    return max(1, min(fits, default=1))

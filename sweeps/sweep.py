@@ -120,43 +120,53 @@ def trainable(sweep: S.SweepConfig, sweep_dir: Path) -> Any:
     return tune.with_resources(fn, resources)
 
 
-def build_tuner(sweep: S.SweepConfig, sweep_dir: Path, concurrent: int, max_rounds: int) -> Any:
-    """A new Tuner: the search space, searcher, scheduler and where Tune keeps its state."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+def tune_space(sweep: S.SweepConfig) -> dict[str, Any]:
+    """The trial parameters as Tune search-space objects."""
+    return {key: _tune_domain(dom) for key, dom in S.search_space(sweep).items()}
 
-    space = {key: _tune_domain(dom) for key, dom in S.search_space(sweep).items()}
+
+def searcher(sweep: S.SweepConfig, concurrent: int) -> Any:
+    """Grid or random: Tune's variant generator; optuna: Optuna's TPE (model-based)."""
     if sweep.search.algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg: Any = OptunaSearch(seed=sweep.search.seed)
-    else:
-        # a BasicVariantGenerator passed in ignores TuneConfig.max_concurrent_trials (Tune
-        # only warns), so it gets the limit itself
-        search_alg = BasicVariantGenerator(
-            max_concurrent=concurrent, random_state=sweep.search.seed
-        )
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.search.seed), concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # given a variant generator, Tune ignores TuneConfig.max_concurrent_trials (it only
+    # warns), so the generator gets the limit itself
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.search.seed)
+
+
+def scheduler(sweep: S.SweepConfig, max_rounds: int) -> Any:
+    """ASHA on the per-round accuracy (``round`` is its time), or first-in-first-out."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
     sched = sweep.scheduler
     if sched.kind == "asha" and max_rounds >= 1:
-        scheduler: Any = ASHAScheduler(
+        return ASHAScheduler(
             time_attr=R.TIME_ATTR,
             max_t=max_rounds,
             grace_period=min(sched.grace_period, max_rounds),
             reduction_factor=sched.reduction_factor,
         )
-    else:
-        scheduler = FIFOScheduler()
+    return FIFOScheduler()
+
+
+def build_tuner(sweep: S.SweepConfig, sweep_dir: Path, concurrent: int, max_rounds: int) -> Any:
+    """A new Tuner: the search space, searcher, scheduler and where Tune keeps its state."""
+    from ray import tune
+
     return tune.Tuner(
         trainable(sweep, sweep_dir),
-        param_space=space,
+        param_space=tune_space(sweep),
         tune_config=tune.TuneConfig(
             metric=R.METRIC,
             mode="max",
-            search_alg=search_alg,
-            scheduler=scheduler,
+            search_alg=searcher(sweep, concurrent),
+            scheduler=scheduler(sweep, max_rounds),
             num_samples=sweep.search.num_samples,
-            max_concurrent_trials=concurrent if sweep.search.algorithm == "optuna" else None,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -317,9 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         cluster = ray.cluster_resources()
         concurrent = S.max_concurrent(cluster, needs, sweep.resources.max_concurrent_trials)
         worst = max((n.total() for n in needs), key=lambda t: t.get("GPU", 0) * 1e6 + t["CPU"])
+        why = (
+            "resources.max_concurrent_trials"
+            if sweep.resources.max_concurrent_trials
+            else "what the cluster holds now"
+        )
         print(
             f"sweep {sweep.name}: cluster {dict(sorted(cluster.items()))}; largest trial needs "
-            f"{worst}; {concurrent} trial(s) at once; run_dir {sweep_dir}",
+            f"{worst}; {concurrent} trial(s) at once ({why}); run_dir {sweep_dir}",
             flush=True,
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
