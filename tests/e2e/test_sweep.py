@@ -6,6 +6,7 @@ writes its table, CSV, plot and best config."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -69,10 +70,8 @@ def processes_marked(marker: str) -> list[int]:
 
 def kill_marked(marker: str) -> None:
     for pid in processes_marked(marker):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")
