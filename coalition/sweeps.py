@@ -469,8 +469,8 @@ def check_trials(sweep: SweepConfig) -> list[Config]:
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What one trial holds while it runs: its placement group (the trial's own process,
-    then one generator per variant, then the scorer; these actors are created inside the
+    """What one trial holds while it runs: its placement group (the trial's own process, then
+    one bundle per generator and one for the scorer; these actors are created inside the
     trial and land in its group) and, outside it, the Ray Train workers of the updates that
     run at once (each ``TorchTrainer`` makes its own placement group)."""
 
@@ -490,11 +490,17 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
 
 
 def trial_resources(cfg: Config, driver_cpus: float) -> TrialResources:
-    """Resources of one trial running ``cfg`` (see :class:`TrialResources`)."""
+    """Resources of one trial running ``cfg`` (see :class:`TrialResources`).
+
+    The K generators and the scorer get K+1 equal bundles, each as large as the larger of
+    the two: Ray puts an actor created inside the trial into *any* bundle with room, so with
+    bundles sized per actor two 1-CPU generators can fill the scorer's 2-CPU bundle and leave
+    the scorer nowhere to go (seen on Ray 2.60). With equal bundles, one per actor, an
+    untouched bundle is always left for the next actor."""
     r, k = cfg.ray, cfg.variants.count
     bundles = [{"CPU": driver_cpus}]
-    bundles += [_bundle(r.generator_cpus, r.generator_gpus) for _ in range(k)]
-    bundles.append(_bundle(r.scorer_cpus, r.generator_gpus))
+    actor = _bundle(max(r.generator_cpus, r.scorer_cpus), r.generator_gpus)
+    bundles += [dict(actor) for _ in range(k + 1)]
     # the warm-up trains every variant (and M_IFT for scorer ift_all) at once; rounds train K
     trainers = k + (1 if cfg.scorer == "ift_all" else 0)
     workers = trainers * r.train_workers

@@ -218,6 +218,21 @@ def test_trial_resources_hold_actors_in_the_group_and_train_workers_beside_it():
     assert g.total()["GPU"] == 3.5
 
 
+def test_actor_bundles_cannot_fragment():
+    """Actors land in any bundle with room: with bundles sized per actor (1, 1, 2 CPUs) two
+    generators can fill the scorer's; equal bundles always leave one free for the next."""
+    cfg = config.load(REPO / "configs/default.yaml")  # generators 1 CPU, scorer 2
+    need = S.trial_resources(cfg, driver_cpus=0.5)
+    actors = need.bundles[1:]
+    assert len(actors) == cfg.variants.count + 1 and all(b == {"CPU": 2.0} for b in actors)
+    # worst case: every generator goes to the same bundle while it has room
+    free = [b["CPU"] for b in actors]
+    for size in [cfg.ray.generator_cpus] * cfg.variants.count + [cfg.ray.scorer_cpus]:
+        fits = [i for i, f in enumerate(free) if f >= size]
+        assert fits, "an actor found no bundle"
+        free[min(fits, key=lambda i: free[i])] -= size  # tightest fit, like the failure seen
+
+
 def test_max_concurrent_leaves_room_for_every_trials_train_workers():
     small = S.TrialResources([{"CPU": 1}, {"CPU": 1}], {"CPU": 1})
     large = S.TrialResources([{"CPU": 1}, {"CPU": 1, "GPU": 1}], {"CPU": 2, "GPU": 2})
