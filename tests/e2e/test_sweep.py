@@ -201,3 +201,45 @@ def test_searchers_draw_trials_whose_configs_validate(algorithm):
         assert sorted((d["sro.beta"], d["refine"]) for d in drawn) == [
             (0.1, "cross"), (0.1, "none"), (0.5, "cross"), (0.5, "none"),
         ]  # fmt: skip
+
+
+def test_asha_stops_trials_behind_at_a_round(tmp_path):
+    """The sweep's scheduler on real Tune with trials that report like ``run_trial`` (round 0
+    after warm-up, then each round): a trial behind the others at a rung is stopped there."""
+    import ray
+    from ray import tune
+
+    from coalition import sweep_results as R
+    from coalition import sweeps as S
+    from sweeps import sweep as driver
+
+    # the better trials first (one at a time), so the later ones are behind at round 1
+    sweep = S.load(
+        SWEEP, ["overrides.rounds=4", "space.sro.beta=[0.5, 0.1]", "space.refine=[cross]"]
+    )
+
+    def trial(params):
+        for r in range(5):  # accuracy = β: the β=0.1 trials are behind at every round
+            tune.report(R.round_report(r, {"v0": {"accuracy": params["sro.beta"]}}))
+
+    own = not ray.is_initialized()
+    if own:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        grid = tune.Tuner(
+            trial,
+            param_space=driver.tune_space(sweep),
+            tune_config=tune.TuneConfig(
+                metric=R.METRIC,
+                mode="max",
+                search_alg=driver.searcher(sweep, 1),  # one at a time: a fixed order
+                scheduler=driver.scheduler(sweep, max_rounds=4),
+                reuse_actors=True,  # one trial process for both: faster
+            ),
+            run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
+        ).fit()
+    finally:
+        if own:
+            ray.shutdown()
+    last = sorted((r.config["sro.beta"], r.metrics["round"]) for r in grid)
+    assert last == [(0.1, 1), (0.5, 4)] and not grid.errors  # 0.1: stopped at the first rung
