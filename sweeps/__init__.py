@@ -1,0 +1,1 @@
+"""Ray Tune drivers: `python sweeps/sweep.py --config configs/sweeps/X.yaml`."""
