@@ -25,7 +25,8 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
 }
 ENV.pop("RAY_ADDRESS", None)
-TRAIN = [sys.executable, str(REPO / "jobs/train.py"), "--config", str(SMOKE)]
+# warm-up epochs raised so the kill test can land while a warm-up update is in flight
+TRAIN = [sys.executable, str(REPO / "jobs/train.py"), "--config", str(SMOKE), "warmup.epochs=40"]
 
 
 def free_port() -> int:
@@ -119,11 +120,13 @@ def test_kill_9_mid_stage_then_rerun_resumes_to_same_pairs(reference_run, tmp_pa
                                 start_new_session=True)  # fmt: skip
         deadline = time.time() + 600
         try:
-            # kill while the warm-up updates are in flight (their Ray Train runs have started)
-            while time.time() < deadline and not list((tmp_path / "ray_train").glob("sft-*")):
+            # kill while the warm-up updates are in flight (TRL has started writing curves)
+            while time.time() < deadline and not list(
+                (tmp_path / "tensorboard").glob("warmup-*/events.*")
+            ):
                 assert proc.poll() is None, "run ended before it could be killed"
                 time.sleep(0.2)
-            time.sleep(2)
+            time.sleep(0.5)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
