@@ -54,6 +54,9 @@ class _EngineHost:
     ) -> list[float]:
         return self.host.utilities(keys, prompts, targets)
 
+    def features(self, prompts: list[str]) -> list[list[float]]:
+        return self.host.features(prompts)
+
     def evaluate(
         self,
         key: str | None,

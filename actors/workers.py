@@ -25,8 +25,14 @@ class RayWorkers(Workers):
     parallel_updates = True  # each update is its own TorchTrainer run
 
     def __init__(
-        self, cfg: Config, base_path: str, storage: Path, log: Callable[[str], None] = print
+        self,
+        cfg: Config,
+        base_path: str,
+        storage: Path,
+        log: Callable[[str], None] = print,
+        trainers: bool = True,
     ):
+        """``trainers=False`` for jobs that only generate (evaluation): no Ray Train workers."""
         from transformers import AutoTokenizer
 
         self.cfg, self.base_path, self.storage, self.log = cfg, base_path, Path(storage), log
@@ -56,7 +62,9 @@ class RayWorkers(Workers):
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
         self.trainers: dict[str, PersistentTrainer] = {}
-        if r.trainer == "persistent":  # started now, so their start-up overlaps other stages
+        if (
+            trainers and r.trainer == "persistent"
+        ):  # started now, so their start-up overlaps other stages
             keys = [variant_key(k) for k in range(cfg.variants.count)]
             for key in keys + (["ift"] if cfg.scorer == "ift_all" else []):
                 self.trainers[key] = self._trainer(key)
@@ -115,6 +123,11 @@ class RayWorkers(Workers):
             for i in range(0, len(prompts), self.chunk)
         ]
         return [u for part in gather(calls) for u in part]
+
+    def features(self, prompts):
+        host = self._host_for(None)  # the frozen base
+        calls = [(host, "features", (chunk,)) for chunk in self._chunks(prompts)]
+        return [f for part in gather(calls) for f in part]
 
     def evaluate(self, keys, task_spec, examples, method, params, chat):
         calls, owners = [], []

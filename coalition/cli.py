@@ -20,6 +20,12 @@ USAGE_ERRORS = (ConfigError, TaskError)
 
 
 def parse(argv: list[str] | None, job: str) -> Config:
+    path, overrides = parse_args(argv, job)
+    return config_mod.load(path, overrides)
+
+
+def parse_args(argv: list[str] | None, job: str) -> tuple[Path | None, list[str]]:
+    """``--config`` (None: the default config) and the ``key=value`` overrides."""
     parser = argparse.ArgumentParser(
         prog=f"jobs/{job}.py",
         description=f"coalition {job}: --config PATH plus dotted key=value overrides.",
@@ -30,7 +36,7 @@ def parse(argv: list[str] | None, job: str) -> Config:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides")
     args = parser.parse_args(argv)
-    return config_mod.load(args.config, args.overrides)
+    return args.config, list(args.overrides)
 
 
 def prepare_run_dir(cfg: Config, job: str) -> Path:

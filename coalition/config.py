@@ -69,9 +69,10 @@ class GenerationConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    """What ``jobs/evaluate.py`` measures."""
+    """What ``jobs/evaluate.py`` measures: one model (direct, cot) or, over a trained run
+    directory, every inference method side by side (suite)."""
 
-    method: Literal["direct", "cot"] = "cot"
+    method: Literal["direct", "cot", "suite"] = "cot"
     split: Literal["train", "test"] = "test"
     bootstrap: int = Field(1000, ge=0)
     include_base: bool = True  # jobs/train.py: also evaluate the base model before warm-up
@@ -141,6 +142,9 @@ class SROConfig(StepConfig):
     # weight of an NLL term on the chosen rationale (0: plain DPO, as in the paper). Iterative
     # RPO (Pang et al., 2024) found DPO alone lowers the chosen likelihood on reasoning tasks.
     nll_weight: float = Field(0.0, ge=0.0)
+    # compute the reference model's log-probs in one pass before training (saves a reference
+    # forward per step in every epoch after the first; same values)
+    precompute_ref: bool = True
 
 
 class RayConfig(_Strict):
@@ -160,6 +164,39 @@ class RayConfig(_Strict):
     max_restarts: int = Field(3, ge=-1)
     max_retries: int = Field(3, ge=0)
     chunk_size: int = Field(32, ge=1)
+
+
+class ControllerConfig(_Strict):
+    """The router trained on the rounds' scored candidates (``coalition/controller.py``)."""
+
+    enabled: bool = True  # jobs/train.py trains it after the last round
+    holdout: float = Field(0.2, ge=0.0, lt=1.0)  # share of questions kept out to report on
+    weight_decay: float = Field(1e-2, ge=0.0)
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-2, gt=0.0)
+
+
+class DeliberationConfig(_Strict):
+    """Deliberated inference (evaluation suite and Serve)."""
+
+    refine_turns: int = Field(1, ge=0, le=8)
+    routing: Literal["controller", "random", "fixed"] = "controller"  # what Serve uses
+    seed: int = 0
+
+
+class ServeConfig(_Strict):
+    """``jobs/serve.py``: where the HTTP API listens, who may call it, request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # bearer token required on /v1/*; null reads COALITION_SERVE_TOKEN (unset: no auth)
+    auth_token: str | None = None
+    max_question_chars: int = Field(4000, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_s: float = Field(0.05, ge=0.0)
+    replicas: int = Field(1, ge=1)
+    model_cpus: float = Field(1.0, gt=0.0)
+    model_gpus: float = Field(0.0, ge=0.0)
 
 
 class BenchConfig(_Strict):
@@ -193,6 +230,9 @@ class Config(_Strict):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     sro: SROConfig = Field(default_factory=SROConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _unknown(what: str, value: str, allowed: list[str]) -> str:
@@ -289,6 +329,14 @@ def load(path: Path | None = None, overrides: list[str] | None = None) -> Config
     """Load ``path`` (default ``configs/default.yaml``), apply overrides, validate."""
     raw = load_yaml(path or DEFAULT_CONFIG)
     return validate(apply_overrides(raw, overrides or []))
+
+
+def override(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """``cfg`` with dotted ``{key: value}`` overrides (values as typed on a command line)."""
+    if not overrides:
+        return cfg
+    raw = apply_overrides(cfg.model_dump(mode="json"), [f"{k}={v}" for k, v in overrides.items()])
+    return validate(raw)
 
 
 def dump(cfg: Config) -> str:

@@ -32,3 +32,27 @@ def accuracy_per_round(acc: dict[str, dict[str, Any]], path: Path, title: str = 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def method_bars(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Held-out accuracy per inference method (bars with 95% intervals)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in rows]
+    acc = [r["accuracy"] for r in rows]
+    lo = [a - r["ci95"][0] for a, r in zip(acc, rows, strict=True)]
+    hi = [r["ci95"][1] - a for a, r in zip(acc, rows, strict=True)]
+    fig, ax = plt.subplots(figsize=(0.7 * len(rows) + 3, 4.5))
+    ax.bar(range(len(rows)), acc, yerr=[lo, hi], capsize=4, color="#4C72B0")
+    ax.set_xticks(range(len(rows)), names, rotation=40, ha="right")
+    ax.set_ylabel("held-out accuracy (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -40,6 +40,7 @@ class StepSettings:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     nll_weight: float = 0.0  # DPO + NLL on the chosen side (TRL's "sft" loss term)
+    precompute_ref: bool = True  # reference log-probs once, not again every epoch
     seed: int = 0
     log_dir: str | None = None  # TensorBoard event files of this update (None: no TensorBoard)
 
@@ -111,6 +112,9 @@ def _common_args(s: StepSettings, out_dir: str) -> dict[str, Any]:
         "use_cpu": not torch.cuda.is_available(),
         "bf16": False,
         "dataloader_num_workers": 0,
+        # under Ray Train the model is DDP-wrapped; every trainable (LoRA) parameter gets a
+        # gradient, so skip DDP's per-step search for unused ones
+        "ddp_find_unused_parameters": False,
     }
 
 
@@ -205,6 +209,7 @@ def dpo(
             beta=settings.beta,
             loss_type=losses,
             loss_weights=weights,
+            precompute_ref_log_probs=settings.precompute_ref,
         )
 
     ref_model = None if isinstance(model, PeftModel) else copy.deepcopy(model).eval()

@@ -80,6 +80,10 @@ class VariantHost:
         per_key = [self.engine.score(prompts, targets, self._adapter(k, None)) for k in keys]
         return [mean_utility(list(col)) for col in zip(*per_key, strict=True)]
 
+    def features(self, prompts: list[str]) -> list[list[float]]:
+        """The base model's pooled hidden states of ``prompts`` (the controller's input)."""
+        return self.engine.embed(prompts)
+
     def evaluate(
         self,
         key: str | None,

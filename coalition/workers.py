@@ -55,6 +55,10 @@ class Workers(ABC):
         """The scorer's U for each (prompt, target)."""
 
     @abstractmethod
+    def features(self, prompts: list[str]) -> list[list[float]]:
+        """The frozen base model's pooled hidden state of each prompt (controller features)."""
+
+    @abstractmethod
     def evaluate(
         self,
         keys: list[str | None],
@@ -145,6 +149,9 @@ class LocalWorkers(Workers):
             cols = [self._host(k).utilities([k], prompts, targets) for k in self.scorer_keys]
             return [sum(c) / len(c) for c in zip(*cols, strict=True)]
         return self._hosts[None].utilities(self.scorer_keys, prompts, targets)
+
+    def features(self, prompts):
+        return self._hosts[None].features(prompts)
 
     def evaluate(self, keys, task_spec, examples, method, params, chat):
         return {

@@ -1,28 +1,52 @@
-"""Evaluate a model (optionally with an adapter) on a task's held-out split.
+"""Evaluate one model, or compare every inference method of a trained run.
 
     python jobs/evaluate.py [--config configs/X.yaml] [key=value ...]
+    python jobs/evaluate.py run_dir=runs/<train run> method=suite [deliberation.refine_turns=2]
 
-Writes ``run_dir/summary.json`` (task, n, accuracy, bootstrap 95% interval) and
-``run_dir/predictions.jsonl``, and prints a table.
+One model (``evaluate.method: direct | cot``): writes ``run_dir/summary.json`` (accuracy with a
+bootstrap 95% interval) and ``run_dir/predictions.jsonl``.
+
+``method=suite`` over a ``jobs/train.py`` run directory: the base model (direct, CoT), each
+variant alone, self-refine, cross-refine with fixed roles, random routing, controller routing
+and the oracle, on the same held-out questions, through the run's Ray actors. The controller is
+trained first if the run has none. Writes ``run_dir/evaluation/`` (summary.json, outcomes per
+method, methods.png) and prints the table.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coalition import cli, stats, tasks  # noqa: E402
+from coalition import config as config_mod  # noqa: E402
+from coalition.config import Config, ConfigError  # noqa: E402
 from coalition.engines import build_engine, sampling  # noqa: E402
 from coalition.evaluation import evaluate  # noqa: E402
 from coalition.report import print_table  # noqa: E402
 from coalition.rundir import write_json, write_records  # noqa: E402
 
 
+def _aliases(argv: list[str] | None) -> list[str]:
+    """``method=X`` is short for ``evaluate.method=X``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return [f"evaluate.{a}" if a.startswith("method=") else a for a in args]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _aliases(argv)
     cfg = cli.parse(argv, "evaluate")
+    if cfg.evaluate.method == "suite":
+        return suite(argv, cfg)
+    return single(cfg)
+
+
+def single(cfg: Config) -> int:
     task = tasks.from_config(cfg.task)
     examples = task.load(cfg.evaluate.split)
     run_dir = cli.prepare_run_dir(cfg, "evaluate")
@@ -32,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         engine,
         task,
         examples,
-        cfg.evaluate.method,
+        cfg.evaluate.method,  # type: ignore[arg-type]
         sampling(cfg.generation),
         adapter="default" if cfg.model.adapter else None,
         chat=cfg.model.chat_template,
@@ -71,6 +95,103 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"run_dir: {run_dir}")
     return 0
+
+
+def suite(argv: list[str], cfg: Config) -> int:
+    from coalition.recipes.coalition import trained_run
+
+    if not cfg.run_dir:
+        raise ConfigError("method=suite needs run_dir=<a jobs/train.py run directory>")
+    run_dir = Path(cfg.run_dir)
+    _, version = trained_run(run_dir)
+    _, overrides = cli.parse_args(argv, "evaluate")
+    cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+    from actors.session import init_ray
+    from actors.workers import RayWorkers
+    from coalition.controller import Controller
+    from coalition.deliberation import Steps
+    from coalition.models import resolve
+    from coalition.plots import method_bars
+    from coalition.recipes.coalition import Run
+    from coalition.suite import compare, rows, run_suite
+
+    start = time.perf_counter()
+    init_ray(cfg)
+    workers = RayWorkers(
+        cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train", trainers=False
+    )
+    try:
+        run = Run(cfg, workers, run_dir)
+        run.sync(version)
+        controller = None
+        if cfg.rounds and (run_dir / "round1" / "scored.jsonl").exists():
+            if not (run_dir / "controller" / "controller.json").exists() or not run.manifest.done(
+                run.controller_stage()
+            ):
+                run.stage(run.controller_stage(), run.train_controller)
+            controller = Controller.load(run_dir / "controller")
+        params = replace(sampling(cfg.generation), temperature=0.0, n=1)
+        results = run_suite(
+            Steps(workers, params),
+            run.task,
+            run.test,
+            run.keys,
+            controller,
+            cfg.deliberation.refine_turns,
+            cfg.model.chat_template,
+            cfg.deliberation.seed,
+        )
+    finally:
+        workers.close()
+    out_dir = run_dir / "evaluation"
+    table = [asdict(r) for r in rows(results, cfg.evaluate.bootstrap, cfg.seed)]
+    for name, outs in results.items():
+        write_records(out_dir / "outcomes" / f"{_slug(name)}.jsonl", outs)
+    versus = (
+        compare(results, "controller routing", cfg.evaluate.bootstrap, cfg.seed)
+        if "controller routing" in results
+        else {}
+    )
+    summary = {
+        "job": "evaluate",
+        "method": "suite",
+        "task": cfg.task.name,
+        "model": cfg.model.name_or_path,
+        "version": version,
+        "refine_turns": cfg.deliberation.refine_turns,
+        "methods": table,
+        "controller_vs": versus,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(out_dir / "summary.json", summary)
+    method_bars(table, out_dir / "methods.png", title=f"{cfg.task.name}: inference methods")
+    print_table(
+        ["method", "accuracy", "95% CI", "tokens/q", "s/q (batched)"],
+        [
+            [
+                r["method"],
+                f"{r['accuracy']:.3f}",
+                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                f"{r['tokens_per_question']:.1f}",
+                f"{r['seconds_per_question']:.3f}",
+            ]
+            for r in table
+        ],
+    )
+    if versus:
+        print_table(
+            ["controller routing vs", "Δ accuracy", "paired 95% CI"],
+            [
+                [name, f"{d['delta']:+.3f}", f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"]
+                for name, d in versus.items()
+            ],
+        )
+    print(f"wall time {summary['seconds']:.0f}s; results: {out_dir}")
+    return 0
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("→", "-to-")).strip("-")
 
 
 if __name__ == "__main__":

@@ -30,3 +30,18 @@ def tiny_engine(tiny_path):
     from coalition.engines.hf import HFEngine
 
     return HFEngine.from_pretrained(tiny_path, device="cpu", batch_size=4, progress=False)
+
+
+def lora_state(tiny_path: str, seed: int) -> dict:
+    """A random LoRA state for the tiny model (the smoke config's adapter shape), scaled so a
+    variant's outputs clearly differ from the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_path),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    return {k: v * 10 for k, v in get_peft_model_state_dict(model).items()}

@@ -83,6 +83,11 @@ class Engine(ABC):
         """Log-probabilities of each target's tokens right after its prompt."""
 
     @abstractmethod
+    def embed(self, prompts: list[str]) -> list[list[float]]:
+        """The frozen base model's mean-pooled last hidden state of each prompt (the
+        controller's features: adapters never change them)."""
+
+    @abstractmethod
     def set_adapter(self, name: str, state: dict[str, Any], version: int, spec: LoraSpec) -> None:
         """Install (or replace) adapter ``name`` from a LoRA state dict, recording ``version``."""
 

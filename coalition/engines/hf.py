@@ -214,6 +214,34 @@ class HFEngine(Engine):
                     results[i] = TokenScore(total, total / len(t_ids), len(t_ids))
         return [r for r in results if r is not None]
 
+    # ------------------------------------------------------------------ embed
+
+    @torch.inference_mode()
+    def embed(self, prompts: list[str]) -> list[list[float]]:
+        encoded = [self.encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        results: list[list[float]] = [[] for _ in prompts]
+        pad = self.tokenizer.pad_token_id
+        with self._using(None) as model:
+            for batch in self._batches(order, "embed"):
+                width = max(len(encoded[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                    mask[row, : len(encoded[i])] = 1
+                out = model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    output_hidden_states=True,
+                )
+                hidden = out.hidden_states[-1].float()
+                m = mask.to(hidden.device)[:, :, None].float()
+                pooled = (hidden * m).sum(1) / m.sum(1)
+                for row, i in enumerate(batch):
+                    results[i] = pooled[row].cpu().tolist()
+        return results
+
     # ------------------------------------------------------------------ adapters
 
     def _ensure_slot(self, name: str, spec: LoraSpec) -> None:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from coalition import controller as C
 from coalition import pairs as P
 from coalition import prompts, scoring, stats, warmup
 from coalition.checkpoints import load_state, save_state
@@ -111,7 +112,7 @@ class Run:
                 fut.result()
 
     def state_path(self, key: str, version: int) -> Path:
-        return self.dir / "states" / f"{key}-v{version}.safetensors"
+        return state_path(self.dir, key, version)
 
     def tb_dir(self, name: str) -> Path:
         """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
@@ -350,6 +351,45 @@ class Run:
         self.save(key, new_state, r + 1)
         return {"pairs": len(rows), **metrics}
 
+    # ------------------------------------------------------------------ controller
+
+    def routing_examples(self) -> list[C.RoutingExample]:
+        """Every finished round's routing decisions (who should write, who should refine)."""
+        out: list[C.RoutingExample] = []
+        for r in range(1, self.cfg.rounds + 1):
+            path = self.dir / f"round{r}" / "scored.jsonl"
+            if not path.exists():
+                continue
+            pool = {ex.id: ex for ex in self.pool(r)}
+
+            def prompt_of(qid: str, draft: str | None, pool=pool) -> str:
+                if draft is None:
+                    return self.render("rationale", pool[qid])
+                return self.render("refine", pool[qid], draft)
+
+            out += C.routing_examples(read_records(path, P.Candidate), self.K, prompt_of)
+        return out
+
+    def train_controller(self) -> dict[str, Any]:
+        """Fit the controller on the base model's features of every routing decision, save
+        it in ``run_dir/controller/`` with its held-out routing accuracy."""
+        examples = self.routing_examples()
+        feats = self.workers.features([e.prompt for e in examples])
+        c = self.cfg.controller
+        ctrl = C.fit(
+            examples, feats, self.K, c.holdout, c.weight_decay, c.steps, c.lr, self.cfg.seed
+        )
+        ctrl.save(self.dir / "controller")
+        write_records(self.dir / "controller" / "examples.jsonl", examples)
+        report = C.report_dict(ctrl)
+        for decision, rep in report.items():
+            self.log(f"[controller] {decision}: {_routing_line(rep)}")
+        return {"examples": len(examples), "routing": report}
+
+    def controller_stage(self) -> str:
+        """The stage name: the controller is refit when a resumed run adds rounds."""
+        return f"controller/rounds{self.cfg.rounds}"
+
     def _read(self, r: int, name: str) -> list[P.Candidate]:
         return read_records(self.dir / f"round{r}" / f"{name}.jsonl", P.Candidate)
 
@@ -369,6 +409,8 @@ class Run:
         )
         for r in range(1, self.cfg.rounds + 1):
             self.round(r)
+        if self.cfg.controller.enabled and self.cfg.rounds:
+            self.stage(self.controller_stage(), self.train_controller)
         return self.summarise()
 
     def round(self, r: int) -> None:
@@ -441,6 +483,7 @@ class Run:
                 f"round{r}": info[f"round{r}/pairs"]["pairs"] for r in range(1, self.cfg.rounds + 1)
             },
             "warmup": info["warmup/data"],
+            "controller": info.get(self.controller_stage(), {}).get("routing"),
             "stage_seconds": {name: s.get("seconds") for name, s in info.items()},
             "versions": self.workers.versions(),
             "actor_versions": self.workers.actor_versions(),
@@ -452,8 +495,40 @@ class Run:
         return summary
 
 
+def _routing_line(rep: dict[str, Any]) -> str:
+    if rep["accuracy"] is None:
+        return f"{rep['n_train']} train decisions, none held out"
+    return (
+        f"held-out routing accuracy {rep['accuracy']:.2f} (majority {rep['majority']:.2f}, "
+        f"chance {rep['chance']:.2f}; n={rep['n_holdout']}, train {rep['n_train']})"
+    )
+
+
 def _flat(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, int | float | str | bool)}
+
+
+def state_path(run_dir: Path, key: str, version: int) -> Path:
+    """Where a run keeps model ``key``'s weights at ``version``."""
+    return Path(run_dir) / "states" / f"{key}-v{version}.safetensors"
+
+
+def trained_run(run_dir: Path) -> tuple[Config, int]:
+    """A finished (or interrupted) run's config and the newest version every variant has a
+    saved state of (1: after the warm-up) — what evaluation and serving load."""
+    from coalition import config as config_mod
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "manifest.json").exists():
+        raise ConfigError(f"run_dir {run_dir}: no jobs/train.py run there (no manifest.json)")
+    cfg = config_mod.load(run_dir / "config.yaml")
+    keys = [variant_key(k) for k in range(cfg.variants.count)]
+    version = 0
+    while all(state_path(run_dir, key, version + 1).exists() for key in keys):
+        version += 1
+    if version == 0:
+        raise ConfigError(f"run_dir {run_dir}: no trained variants yet (warm-up not finished)")
+    return cfg, version
 
 
 def predictions_of(run_dir: Path, tag: str, key: str) -> list[Prediction]:

@@ -150,3 +150,58 @@ def test_rerun_with_other_settings_is_refused(reference_run):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "sro.beta differ" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_run_trains_a_controller(reference_run):
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert set(summary["controller"]) == {"generate", "refine"}
+    assert summary["controller"]["generate"]["n_train"] > 0
+    assert (reference_run / "controller" / "controller.safetensors").exists()
+
+
+def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
+    import shutil
+
+    import requests
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    suite = [sys.executable, str(REPO / "jobs/evaluate.py"), f"run_dir={run_dir}", "method=suite"]
+    proc = subprocess.run(suite, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "evaluation" / "summary.json").read_text())
+    methods = {m["method"]: m for m in summary["methods"]}
+    assert {"base direct", "base cot", "v0 alone", "v1 self-refine", "v0→v1 cross-refine",
+            "random routing", "controller routing", "oracle"} <= set(methods)  # fmt: skip
+    assert all(m["n"] == 8 for m in methods.values())
+    paths = [m["accuracy"] for k, m in methods.items() if k.endswith(("alone", "refine"))]
+    assert methods["oracle"]["accuracy"] >= max(paths)
+    assert "oracle" in summary["controller_vs"]
+    assert (run_dir / "evaluation" / "methods.png").stat().st_size > 1000
+    assert "controller routing" in proc.stdout
+
+    port = free_port()
+    serve_cmd = [sys.executable, str(REPO / "jobs/serve.py"), f"run_dir={run_dir}",
+                 f"serve.port={port}"]  # fmt: skip
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen(
+            serve_cmd, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                try:
+                    if requests.get(f"{url}/healthz", timeout=5).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(1)
+            r = requests.post(f"{url}/v1/solve", json={"question": "What is 2 + 3?"}, timeout=120)
+            assert r.status_code == 200, r.text
+            assert r.json()["version"] == 2 and r.json()["generator"] in {"v0", "v1"}
+        finally:
+            server.send_signal(signal.SIGINT)
+            code = server.wait(timeout=120)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]

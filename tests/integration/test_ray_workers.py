@@ -9,23 +9,10 @@ import threading
 import time
 
 import pytest
-import torch
 
 from coalition import config
 from coalition.engines.base import SamplingParams
-from tests.conftest import SMOKE
-
-
-def lora_state(tiny_path, seed):
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_path),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    return {k: v * 10 for k, v in get_peft_model_state_dict(model).items()}
+from tests.conftest import SMOKE, lora_state
 
 
 @pytest.fixture

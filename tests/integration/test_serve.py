@@ -1,0 +1,185 @@
+"""The Ray Serve app of a trained run, over real HTTP on localhost: the happy path, auth,
+hostile bodies, a crash inside a request, and a bounded concurrent load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from coalition import config
+from tests.conftest import SMOKE, lora_state
+
+TOKEN = "s3cret"
+APP = "coalition-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_run_dir(path, tiny_path):
+    """A finished smoke run as the training job leaves it: config, variant states, controller."""
+    from coalition import controller as C
+    from coalition.checkpoints import save_state
+    from coalition.engines.hf import HFEngine
+    from coalition.rundir import Manifest, atomic_write
+
+    cfg = config.load(SMOKE, ["deliberation.refine_turns=1"])
+    atomic_write(path / "config.yaml", config.dump(cfg))
+    for stage in ("warmup/train/v0", "warmup/train/v1"):
+        Manifest(path).mark(stage)
+    for k in range(2):
+        save_state(
+            path / "states" / f"v{k}-v1.safetensors", lora_state(tiny_path, k + 1), f"v{k}", 1
+        )
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    texts = [f"question {i}" for i in range(6)]
+    feats = engine.embed(texts)
+    examples = [C.RoutingExample(f"q{i}", "generate", t, (0.2, 0.7)) for i, t in enumerate(texts)]
+    examples += [C.RoutingExample(f"q{i}", "refine", t, (0.6, 0.1)) for i, t in enumerate(texts)]
+    C.fit(examples, feats + feats, 2, holdout=0.0).save(path / "controller")
+    return path
+
+
+@pytest.fixture(scope="module")
+def url(ray_session, tiny_path, tmp_path_factory):
+    from ray import serve
+
+    from actors.serve import build
+
+    run_dir = make_run_dir(tmp_path_factory.mktemp("served"), tiny_path)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build(str(run_dir), {"serve.auth_token": TOKEN, "serve.max_question_chars": 300})
+    serve.run(app, name=APP, route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def post(url, body=None, token=TOKEN, **kw):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{url}/v1/solve", json=body, headers=headers, timeout=120, **kw)
+
+
+def test_health_and_docs_need_no_token(url):
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    spec = requests.get(f"{url}/openapi.json", timeout=30).json()
+    assert "/v1/solve" in spec["paths"]
+
+
+def test_solve_routes_through_the_controller(url):
+    r = post(url, {"question": "What is 3 + 4?"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # the fixture's controller learned "v1 writes, v0 refines"
+    assert body["generator"] == "v1" and body["refiners"] == ["v0"]
+    assert body["version"] == 1 and body["latency_ms"] > 0
+    assert isinstance(body["rationale"], str) and body["output"].startswith("The answer is")
+    r = post(url, {"question": "Which is larger?", "options": ["2", "5"]})
+    assert r.status_code == 200, r.text
+
+
+def test_info_reports_variants_and_versions(url):
+    info = requests.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert info.status_code == 200
+    body = info.json()
+    assert body["variants"] == ["v0", "v1"] and body["versions"] == {"v0": 1, "v1": 1}
+    assert body["routing"] == "controller routing"
+
+
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_auth_is_required(url, token):
+    r = post(url, {"question": "1 + 1"}, token=token)
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert requests.get(f"{url}/v1/info", timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({}, 422, "question"),
+        ({"question": ""}, 422, "question"),
+        ({"question": 5}, 422, "question"),
+        ({"question": "1 + 1", "extra": True}, 422, "extra"),
+        ({"question": "1 + 1", "options": "ab"}, 422, "options"),
+        ({"question": "9" * 301}, 413, "limit is 300"),
+        ([1, 2], 422, "body"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(url, body, status, says):
+    r = post(url, body)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]
+
+
+def test_malformed_json_is_a_400(url):
+    r = requests.post(
+        f"{url}/v1/solve",
+        data="{not json",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+
+
+def test_bounded_concurrent_load_has_no_failures(url):
+    def one(i):
+        return post(url, {"question": f"What is {i} + {i % 7}?"}).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes == [200] * 200
+
+
+def test_a_replica_killed_between_requests_is_replaced_and_requests_still_succeed(url):
+    from ray import serve
+
+    models = serve.get_deployment_handle("VariantModels", app_name=APP)
+    os.kill(models.pid.remote().result(), signal.SIGKILL)
+    r = post(url, {"question": "What is 1 + 2?"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def slow_url(url, tiny_path, tmp_path_factory):
+    """A second app whose requests each keep the model replica busy (one per batch, long
+    outputs), so a kill is sure to land inside a request."""
+    from ray import serve
+
+    from actors.serve import build
+
+    run_dir = make_run_dir(tmp_path_factory.mktemp("slow"), tiny_path)
+    overrides = {"serve.max_batch_size": 1, "generation.max_new_tokens": 96}
+    serve.run(build(str(run_dir), overrides), name="slow", route_prefix="/slow")
+    yield f"{url}/slow"
+    serve.delete("slow")
+
+
+def test_a_crash_inside_a_request_is_a_500_with_an_id_and_serving_goes_on(slow_url):
+    from ray import serve
+
+    pid = serve.get_deployment_handle("VariantModels", app_name="slow").pid.remote().result()
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(post, slow_url, {"question": f"{i} + 1"}, None) for i in range(12)]
+        time.sleep(1.5)  # the replica works through them one at a time
+        os.kill(pid, signal.SIGKILL)
+        responses = [f.result() for f in futures]
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 500}, codes
+    failed = [r.json() for r in responses if r.status_code == 500]
+    assert failed, codes  # the requests inside the killed replica
+    assert all(f["error"] == "internal error" and len(f["id"]) == 12 for f in failed)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # and the server goes on serving
+        if post(slow_url, {"question": "1 + 2"}, None).status_code == 200:
+            return
+        time.sleep(1)
+    pytest.fail("the server did not recover after its model replica died")
