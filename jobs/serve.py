@@ -40,14 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = override(cfg, flat)
     app = build(run_dir, flat)
     init_ray(cfg)
+    stop = threading.Event()  # set by Ctrl-C / SIGTERM, also while the app is still starting
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name="coalition", route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     print(f"serving {run_dir} (version {version}, routing {cfg.deliberation.routing}) at {url}")
     print(f"  POST {url}/v1/solve   GET {url}/v1/info   GET {url}/healthz   docs: {url}/docs")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     serve.shutdown()
     return 0

@@ -195,7 +195,7 @@ def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
                 try:
                     if requests.get(f"{url}/healthz", timeout=5).ok:
                         break
-                except requests.ConnectionError:
+                except requests.RequestException:  # not up yet, or busy starting
                     pass
                 time.sleep(1)
             r = requests.post(f"{url}/v1/solve", json={"question": "What is 2 + 3?"}, timeout=120)
