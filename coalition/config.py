@@ -204,6 +204,9 @@ class BenchConfig(_Strict):
 
     prompts: int = Field(32, ge=1)
     new_tokens: int = Field(32, ge=1)
+    run: str | None = None  # serve: the jobs/train.py run directory to serve
+    requests: int = Field(200, ge=1)  # serve: requests per setting
+    concurrency: int = Field(16, ge=1)  # serve: requests in flight at once
 
 
 class Config(_Strict):

@@ -6,6 +6,9 @@ engine: HF engine batched vs one-by-one generation tokens/s on ``bench.prompts``
         (target: batched ≥ 5× one-by-one at 32 prompts).
 round:  one COALITION round (generate → refine → score → pairs → DPO → push → evaluate)
         through Ray actors and Ray Train vs the same round in one process (target ≤ 1.15×).
+serve:  the Ray Serve app of a trained run (``bench.run=<run_dir>``) over HTTP: throughput and
+        p50/p95 latency of ``bench.requests`` requests, ``bench.concurrency`` at a time, with
+        request batching (``serve.max_batch_size``) vs without (batch of 1).
 Results go to ``run_dir/bench-<name>.json``; record figures in docs/benchmarks.md.
 """
 
@@ -141,6 +144,74 @@ def bench_round(cfg, run_dir: Path) -> dict:
     }
 
 
+def bench_serve(cfg) -> dict:
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import requests
+    from ray import serve
+
+    from actors.serve import build
+    from actors.session import init_ray
+    from coalition.config import ConfigError
+    from coalition.recipes.coalition import trained_run
+
+    if not cfg.bench.run:
+        raise ConfigError("bench serve needs bench.run=<a jobs/train.py run directory>")
+    run_cfg, version = trained_run(Path(cfg.bench.run))
+    questions = [ex.question for ex in tasks.from_config(run_cfg.task).load("test")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_ray(run_cfg)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}/v1/solve"
+
+    def one(i: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        r = requests.post(url, json={"question": questions[i % len(questions)]}, timeout=600)
+        return r.status_code, 1000 * (time.perf_counter() - start)
+
+    out: dict = {}
+    for label, batch in (("unbatched", 1), ("batched", cfg.serve.max_batch_size)):
+        overrides = {
+            "serve.max_batch_size": batch,
+            "serve.batch_wait_s": cfg.serve.batch_wait_s,
+            "deliberation.routing": cfg.deliberation.routing,
+            "deliberation.refine_turns": cfg.deliberation.refine_turns,
+        }
+        serve.run(build(cfg.bench.run, overrides), name="bench", route_prefix="/")
+        list(ThreadPoolExecutor(2).map(one, range(2)))  # warm-up
+        start = time.perf_counter()
+        with ThreadPoolExecutor(cfg.bench.concurrency) as pool:
+            got = list(pool.map(one, range(cfg.bench.requests)))
+        seconds = time.perf_counter() - start
+        lat = np.array([ms for code, ms in got if code == 200])
+        out[label] = {
+            "max_batch_size": batch,
+            "seconds": round(seconds, 2),
+            "errors": sum(code != 200 for code, _ in got),
+            "throughput_rps": round(len(got) / seconds, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+            "p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
+        }
+        serve.delete("bench")
+    serve.shutdown()
+    return {
+        "run": cfg.bench.run,
+        "served_model": run_cfg.model.name_or_path,
+        "version": version,
+        "requests": cfg.bench.requests,
+        "concurrency": cfg.bench.concurrency,
+        "routing": cfg.deliberation.routing,
+        "refine_turns": cfg.deliberation.refine_turns,
+        "max_new_tokens": run_cfg.generation.max_new_tokens,
+        **out,
+        "ratio": round(out["batched"]["throughput_rps"] / out["unbatched"]["throughput_rps"], 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in BENCHES:
@@ -158,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} {platform.machine()} cpus={_cpus()}",
         "model": cfg.model.name_or_path,
         "command": "python jobs/bench.py " + " ".join(argv),
-        **(bench_engine(cfg) if name == "engine" else bench_round(cfg, run_dir)),
+        **BENCHES[name](cfg, run_dir),
     }
     write_json(run_dir / f"bench-{name}.json", result)
     if name == "engine":
@@ -170,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
         print(f"batched / one-by-one = {result['ratio']}x  (target {result['target']});  {run_dir}")
+    elif name == "serve":
+        keys = ["max_batch_size", "errors", "seconds", "throughput_rps", "p50_ms", "p95_ms"]
+        print_table(
+            ["setting", *keys],
+            [[m, *(result[m][k] for k in keys)] for m in ("unbatched", "batched")],
+        )
+        print(f"batched / unbatched throughput = {result['ratio']}x;  {run_dir}")
     else:
         stages = list(result["one_process"]["stages"])
         print_table(
@@ -190,7 +268,11 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-BENCHES = ("engine", "round")
+BENCHES = {
+    "engine": lambda cfg, run_dir: bench_engine(cfg),
+    "round": bench_round,
+    "serve": lambda cfg, run_dir: bench_serve(cfg),
+}
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))
