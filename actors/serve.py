@@ -263,6 +263,7 @@ class Deliberator:
 
 def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
     """The Serve application of a trained run (``serve run`` config files name this)."""
+    from actors.session import QUIET
     from coalition.recipes.coalition import trained_run
 
     overrides = dict(overrides or {})
@@ -270,12 +271,16 @@ def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
     cfg = config_mod.override(cfg, overrides)
     models = VariantModels.options(
         num_replicas=cfg.serve.replicas,
-        ray_actor_options={"num_cpus": cfg.serve.model_cpus, "num_gpus": cfg.serve.model_gpus},
+        ray_actor_options={
+            "num_cpus": cfg.serve.model_cpus,
+            "num_gpus": cfg.serve.model_gpus,
+            "runtime_env": {"env_vars": QUIET},
+        },
         max_ongoing_requests=16,
     ).bind(str(run_dir), overrides)
-    return Deliberator.options(ray_actor_options={"num_cpus": 0}).bind(
-        models, str(run_dir), overrides
-    )
+    return Deliberator.options(
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": QUIET}}
+    ).bind(models, str(run_dir), overrides)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

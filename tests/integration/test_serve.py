@@ -183,3 +183,23 @@ def test_a_crash_inside_a_request_is_a_500_with_an_id_and_serving_goes_on(slow_u
             return
         time.sleep(1)
     pytest.fail("the server did not recover after its model replica died")
+
+
+def test_the_serve_config_file_names_our_app_builder():
+    import importlib
+
+    import yaml
+
+    from actors.serve import app_builder
+    from coalition.config import ConfigError
+    from tests.conftest import REPO
+
+    spec = yaml.safe_load((REPO / "configs/serve/app.yaml").read_text())
+    app = spec["applications"][0]
+    module, _, name = app["import_path"].partition(":")
+    assert getattr(importlib.import_module(module), name) is app_builder
+    assert set(app["args"]) <= {"run_dir", "overrides"}
+    with pytest.raises(ConfigError, match="allowed: overrides, run_dir"):
+        app_builder({"run_dir": "x", "replicas": 2})
+    with pytest.raises(ConfigError, match="run_dir is required"):
+        app_builder({})
