@@ -189,27 +189,47 @@ def deliberate(
         render("answer_given_rationale", ex, d) for ex, d in zip(examples, drafts, strict=True)
     ]
     answers = steps.generate(list(zip(writers, answer_texts, strict=True)), ANSWER_TOKENS)
-    out = []
-    for i, (ex, (ans, secs)) in enumerate(zip(examples, answers, strict=True)):
-        output = f"{prompts.ANSWER_PREFIX} {ans.text}"
-        extracted = task.extract(output)
-        out.append(
-            Outcome(
-                id=ex.id,
-                question=ex.question,
-                gold=ex.answer,
-                method=router.name,
-                generator=trail[i][0],
-                refiners=trail[i][1:],
-                rationale=drafts[i],
-                output=output,
-                extracted=extracted,
-                correct=task.is_correct(extracted, ex),
-                tokens=tokens[i] + ans.tokens,
-                seconds=cost[i] + secs,
-            )
+    return [
+        _outcome(
+            task,
+            ex,
+            router.name,
+            trail[i],
+            drafts[i],
+            f"{prompts.ANSWER_PREFIX} {ans.text}",
+            tokens[i] + ans.tokens,
+            cost[i] + secs,
         )
-    return out
+        for i, (ex, (ans, secs)) in enumerate(zip(examples, answers, strict=True))
+    ]
+
+
+def _outcome(
+    task: Task,
+    ex: Example,
+    method: str,
+    trail: list[str],
+    rationale: str,
+    output: str,
+    tokens: int,
+    seconds: float,
+) -> Outcome:
+    """The record of one question's path (``trail``: writer, then refiners) and its answer."""
+    extracted = task.extract(output)
+    return Outcome(
+        id=ex.id,
+        question=ex.question,
+        gold=ex.answer,
+        method=method,
+        generator=trail[0],
+        refiners=trail[1:],
+        rationale=rationale,
+        output=output,
+        extracted=extracted,
+        correct=task.is_correct(extracted, ex),
+        tokens=tokens,
+        seconds=seconds,
+    )
 
 
 def direct(
@@ -221,27 +241,12 @@ def direct(
         prompts.render(prompts.build("answer", ex.question, task.answer_format), tok, chat)
         for ex in examples
     ]
-    out = []
-    for ex, (gen, secs) in zip(examples, steps.generate([(key, t) for t in texts]), strict=True):
-        output = gen.text  # the "answer" mode writes "The answer is …" itself
-        extracted = task.extract(output)
-        out.append(
-            Outcome(
-                id=ex.id,
-                question=ex.question,
-                gold=ex.answer,
-                method=f"{_name(key)} direct",
-                generator=_name(key),
-                refiners=[],
-                rationale="",
-                output=output,
-                extracted=extracted,
-                correct=task.is_correct(extracted, ex),
-                tokens=gen.tokens,
-                seconds=secs,
-            )
-        )
-    return out
+    name = _name(key)
+    # the "answer" mode writes "The answer is …" itself
+    return [
+        _outcome(task, ex, f"{name} direct", [name], "", gen.text, gen.tokens, secs)
+        for ex, (gen, secs) in zip(examples, steps.generate([(key, t) for t in texts]), strict=True)
+    ]
 
 
 def oracle(paths: Sequence[Sequence[Outcome]], name: str = "oracle") -> list[Outcome]:
