@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from coalition import config as config_mod
 from coalition.config import Config, ConfigError
 from coalition.rundir import atomic_write
@@ -49,6 +51,50 @@ def prepare_run_dir(cfg: Config, job: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / "config.yaml", config_mod.dump(cfg))
     return path
+
+
+RESUMABLE_CHANGES = {"rounds", "ray", "run_dir", "evaluate.bootstrap"}
+
+
+def check_combination(cfg: Config) -> None:
+    """Settings that are each valid but do not work together."""
+    source = cfg.warmup.rationales_from
+    if source not in ("auto", "gold", "self") and not Path(source).is_dir():
+        raise ConfigError(
+            f"warmup.rationales_from: {source!r} is neither auto, gold, self nor a "
+            "jobs/distill.py run directory"
+        )
+    if cfg.variants.mode == "full" and cfg.scorer == "variants_mean":
+        raise ConfigError(
+            "scorer: 'variants_mean' needs variants.mode: lora (it scores with every variant on one "
+            "base); with variants.mode: full use scorer: ift_all or base"
+        )
+
+
+def check_resume(cfg: Config, run_dir: Path) -> None:
+    """A rerun may extend ``rounds`` or change Ray resources, nothing that changes results."""
+    old_path = run_dir / "config.yaml"
+    if not old_path.exists():
+        return
+    old = yaml.safe_load(old_path.read_text()) or {}
+    new = cfg.model_dump(mode="json")
+    changed = [
+        key
+        for key in diff(old, new)
+        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise ConfigError(
+            f"run_dir {run_dir} holds a run with another config ({', '.join(changed)} differ); "
+            "use a new run_dir or the same settings to resume"
+        )
+
+
+def diff(a: object, b: object, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -69,10 +69,10 @@ class GenerationConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    """What ``jobs/evaluate.py`` measures: one model (direct, cot) or, over a trained run
-    directory, every inference method side by side (suite)."""
+    """What ``jobs/evaluate.py`` measures: one model (direct, cot); over a trained run
+    directory, every inference method side by side (suite); or multi-agent discussion."""
 
-    method: Literal["direct", "cot", "suite"] = "cot"
+    method: Literal["direct", "cot", "suite", "discussion"] = "cot"
     split: Literal["train", "test"] = "test"
     bootstrap: int = Field(1000, ge=0)
     include_base: bool = True  # jobs/train.py: also evaluate the base model before warm-up
@@ -124,7 +124,8 @@ class WarmupConfig(StepConfig):
     modes: list[Literal["answer", "rationale", "answer_given_rationale", "refine"]] = Field(
         default_factory=lambda: ["answer", "rationale", "answer_given_rationale", "refine"]
     )
-    rationales_from: Literal["auto", "gold", "self"] = "auto"
+    # auto | gold | self, or a jobs/distill.py run directory (its kept teacher rationales)
+    rationales_from: str = "auto"
     self_samples: int = Field(4, ge=1)
     self_temperature: float = Field(0.7, ge=0.0)
     # share of refine-mode rows whose draft is already right (the rest are wrong drafts): too
@@ -145,6 +146,62 @@ class SROConfig(StepConfig):
     # compute the reference model's log-probs in one pass before training (saves a reference
     # forward per step in every epoch after the first; same values)
     precompute_ref: bool = True
+
+
+class TeacherConfig(_Strict):
+    """Fine-tune-CoT's teacher (``jobs/distill.py``): a local HF model through a Ray actor, or
+    any OpenAI-compatible endpoint (OpenAI, ``vllm serve``, llama.cpp's server, …)."""
+
+    kind: Literal["hf", "openai"] = "hf"
+    # hf: an HF id, a local path or builtin:…; openai: the endpoint's model name
+    model: str = "builtin:smollm2-135m-instruct"
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable (unset: none)
+    api: Literal["completions", "chat"] = "completions"
+    samples: int = Field(4, ge=1)  # D: rationales per question (diverse reasoning)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    answer_tokens: int = Field(16, ge=1)
+    chunk: int = Field(16, ge=1)  # questions per cached chunk (resume granularity)
+    timeout_s: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(4, ge=1)
+
+
+class DistillConfig(StepConfig):
+    """Fine-tune-CoT: the student (``model``) is fine-tuned on the teacher's kept rationales."""
+
+    n: int = Field(128, ge=1)  # train questions the teacher writes for
+    # the student's rows per kept sample: question → rationale + answer (the paper), and the
+    # answer given the rationale (so two-step CoT evaluation reads the student's own answer)
+    modes: list[Literal["answer", "rationale", "answer_given_rationale"]] = Field(
+        default_factory=lambda: ["rationale", "answer_given_rationale"]
+    )
+    evaluate_teacher: bool = True
+    # keep only samples that reach the gold answer (the paper); false keeps every sample
+    # (an ablation, and what lets a random test model produce rows)
+    filter: bool = True
+
+
+class SAIEConfig(StepConfig):
+    """SAIE: the learner is trained through a frozen partner's supportive or adversarial
+    remarks on its attempts (``jobs/saie.py``)."""
+
+    partner: str | None = None  # an HF id/path/builtin:…; null: the learner's frozen base
+    adversarial_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    pool: int = Field(64, ge=1)  # questions per round
+    samples: int = Field(2, ge=1)  # attempts per question (a right one is the target when the
+    # task has no gold rationale)
+    remark_tokens: int = Field(64, ge=1)
+
+
+class DiscussionConfig(_Strict):
+    """Multi-agent discussion inference (``jobs/evaluate.py method=discussion``)."""
+
+    agents: int = Field(3, ge=1, le=16)
+    rounds: int = Field(2, ge=0, le=8)
+    temperature: float = Field(0.7, ge=0.0)  # agents on one model need it to differ
 
 
 class RayConfig(_Strict):
@@ -235,6 +292,11 @@ class Config(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
+    discussion: DiscussionConfig = Field(default_factory=DiscussionConfig)
+    # Fine-tune-CoT (jobs/distill.py) and SAIE (jobs/saie.py)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    saie: SAIEConfig = Field(default_factory=SAIEConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
 

@@ -82,3 +82,41 @@ def render(prompt: Prompt, tokenizer: Any | None = None, chat: bool = True) -> s
     else:
         text = f"{prompt.user}\n\nAnswer: "
     return text + prompt.prefix
+
+
+def discuss(question: str, answer_format: str, own: str, others: list[str]) -> Prompt:
+    """Question + the model's own earlier solution + what others said (their solutions in
+    multi-agent discussion, a partner's remark in SAIE) → an updated solution. One prompt for
+    both, so SAIE trains the learner on exactly what discussion inference shows it."""
+    said = "\n\n".join(f"({i}) {text.strip()}" for i, text in enumerate(others, 1))
+    return Prompt(
+        "Here is a question, your earlier solution, and what others said about it. They may be "
+        "right or wrong: check every step yourself and write an updated step-by-step solution. "
+        f"{answer_format}\n\nQuestion: {question}\n\nYour solution: {own.strip()}\n\n"
+        f"Others said:\n{said}"
+    )
+
+
+Stance = Literal["supportive", "adversarial"]
+
+
+def remark(question: str, attempt: str, stance: Stance, answer: str) -> Prompt:
+    """A partner's remark on a learner's attempt (SAIE): a supportive one argues for the gold
+    ``answer`` and confirms the right steps; an adversarial one argues for the plausible wrong
+    ``answer`` and attacks a step."""
+    if stance == "supportive":
+        ask = (
+            f"The correct answer is {answer}. In two or three sentences, tell the student which "
+            f"steps are right or wrong and argue that the answer is {answer}."
+        )
+    elif stance == "adversarial":
+        ask = (
+            f"In two or three sentences, argue convincingly that the answer is {answer}, "
+            "pointing at a step of the solution you claim is wrong."
+        )
+    else:
+        raise ValueError(f"remark stance {stance!r}; allowed: supportive, adversarial")
+    return Prompt(
+        f"A student solved this problem.\n\nQuestion: {question}\n\nStudent's solution: "
+        f"{attempt.strip()}\n\n{ask}"
+    )

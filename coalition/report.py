@@ -16,3 +16,30 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print(format_table(header, rows), flush=True)
+
+
+def print_accuracy(
+    accuracy: dict[str, dict[str, Any]], gains: dict[str, Any] | None = None
+) -> None:
+    """A run's held-out accuracy per stage and model with intervals, then its paired gains
+    (``{label: {model: gain}}`` or ``{label: gain}``; a gain is delta, ci95, n)."""
+    rows = [
+        [stage, name, acc["n"], f"{acc['accuracy']:.3f}", _interval(acc["ci95"], "")]
+        for stage, per in accuracy.items()
+        for name, acc in per.items()
+    ]
+    print_table(["stage", "model", "n", "accuracy", "95% CI"], rows)
+    flat = []
+    for label, per in (gains or {}).items():
+        if per is None:
+            continue
+        items = [("", per)] if "delta" in per else list(per.items())
+        flat += [
+            [label, name, f"{g['delta']:+.3f}", _interval(g["ci95"], "+")] for name, g in items
+        ]
+    if flat:
+        print_table(["compared", "model", "Δ accuracy", "paired 95% CI"], flat)
+
+
+def _interval(ci: Sequence[float], sign: str) -> str:
+    return f"[{ci[0]:{sign}.3f}, {ci[1]:{sign}.3f}]"

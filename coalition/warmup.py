@@ -1,7 +1,8 @@
 """Warm-up data: multi-mode instruction rows from rationales that reach the gold answer.
 
 Rationales come from the dataset's gold rationales when it has them, otherwise from the base
-model's own samples that reach the gold answer (``warmup.rationales_from``). Each question gives
+model's own samples that reach the gold answer, or from a Fine-tune-CoT teacher's kept
+rationales (``warmup.rationales_from: <jobs/distill.py run dir>``). Each question gives
 one row per prompt mode; the refine row corrects a draft (a wrong sample of the model's, or the
 rationale with one number changed, or — a ``correct_drafts`` share of the time — the correct
 rationale itself, so the model also learns to keep what is right).
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from coalition import prompts
-from coalition.engines.base import Generation
+from coalition.config import ConfigError, WarmupConfig
+from coalition.engines.base import Generation, SamplingParams
 from coalition.records import Example
 from coalition.tasks.base import Task
 
@@ -52,13 +56,27 @@ def from_gold(
     examples: list[Example], seed: int, correct_drafts: float = 0.25
 ) -> tuple[list[Sourced], int]:
     """Questions with gold rationales (and how many lacked one)."""
+    return from_rationales(
+        examples, {ex.question: ex.rationale for ex in examples}, seed, correct_drafts
+    )
+
+
+def from_rationales(
+    examples: list[Example],
+    rationales: dict[str, str | None],
+    seed: int,
+    correct_drafts: float = 0.25,
+) -> tuple[list[Sourced], int]:
+    """Questions with a known-correct rationale, looked up by question text (a dataset's gold
+    ones, or a Fine-tune-CoT teacher's kept ones), and how many had none."""
     rng = random.Random(seed)
     out = []
     for ex in examples:
-        if ex.rationale:
+        rationale = rationales.get(ex.question)
+        if rationale:
             keep = rng.random() < correct_drafts
-            draft = ex.rationale if keep else corrupt(ex.rationale, rng)
-            out.append(Sourced(ex, ex.rationale, draft))
+            draft = rationale if keep else corrupt(rationale, rng)
+            out.append(Sourced(ex, rationale, draft))
     return out, len(examples) - len(out)
 
 
@@ -82,6 +100,62 @@ def from_samples(
                 draft = wrong[0] if wrong else corrupt(right[0], rng)
             out.append(Sourced(ex, right[0], draft))
     return out, len(examples) - len(out)
+
+
+def source(
+    cfg: WarmupConfig,
+    task: Task,
+    examples: list[Example],
+    sample_base: Callable[[list[Example], SamplingParams], list[list[Generation]]],
+    params: SamplingParams,
+    seed: int,
+) -> tuple[list[Sourced], int, str]:
+    """The warm-up questions with their rationales, per ``warmup.rationales_from``: ``gold``,
+    ``self`` (``sample_base`` samples the base model), a jobs/distill.py run directory, or
+    ``auto`` (gold when every question has one, else self). Also: how many had none, and the
+    source used."""
+    how = cfg.rationales_from
+    if how == "auto":
+        how = "gold" if all(ex.rationale for ex in examples) else "self"
+    if how == "gold":
+        items, missing = from_gold(examples, seed, cfg.correct_drafts)
+    elif how == "self":
+        samples = sample_base(
+            examples, replace(params, temperature=cfg.self_temperature, n=cfg.self_samples)
+        )
+        items, missing = from_samples(task, examples, samples, seed, cfg.correct_drafts)
+    else:
+        kept = distilled(Path(how), task)
+        items, missing = from_rationales(examples, kept, seed, cfg.correct_drafts)
+    if not items:
+        raise RuntimeError(
+            f"warm-up: no usable rationale for any of {len(examples)} questions (source "
+            f"{how}); use a task with gold rationales, more warmup.self_samples, or a "
+            "jobs/distill.py run over these questions"
+        )
+    return items, missing, how
+
+
+def distilled(run_dir: Path, task: Task) -> dict[str, str | None]:
+    """A jobs/distill.py run's kept teacher rationales, by question text (first kept sample)."""
+    from coalition.recipes.distill import TeacherSample
+    from coalition.rundir import read_records
+
+    path = run_dir / "teacher" / "samples.jsonl"
+    if not path.exists():
+        raise ConfigError(
+            f"warmup.rationales_from: {run_dir} holds no finished jobs/distill.py teacher stage "
+            f"({path} is missing)"
+        )
+    out: dict[str, str | None] = {}
+    for s in read_records(path, TeacherSample):
+        if s.kept and s.task == task.name:
+            out.setdefault(s.question, s.rationale)
+    if not out:
+        raise ConfigError(
+            f"warmup.rationales_from: {run_dir} kept no rationale for task {task.name!r}"
+        )
+    return out
 
 
 def rows(

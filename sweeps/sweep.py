@@ -53,9 +53,9 @@ def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str)
     from ray import tune
 
     from actors.workers import RayWorkers
+    from coalition.cli import check_combination, check_resume
     from coalition.models import resolve
     from coalition.recipes.coalition import Run
-    from jobs.train import check_combination, check_resume
 
     sweep = S.SweepConfig.model_validate(sweep_raw)
     trial_id = tune.get_context().get_trial_id()
@@ -178,7 +178,7 @@ def build_tuner(sweep: S.SweepConfig, sweep_dir: Path, concurrent: int, max_roun
 
 def check_resume(sweep: S.SweepConfig, sweep_dir: Path) -> None:
     """A restored sweep keeps its space and settings (Tune restores its own copy of them)."""
-    from jobs.train import _diff
+    from coalition.cli import diff
 
     old_path = sweep_dir / "sweep.yaml"
     if not old_path.exists():
@@ -189,7 +189,7 @@ def check_resume(sweep: S.SweepConfig, sweep_dir: Path) -> None:
     new = sweep.model_dump(mode="json")
     changed = [
         key
-        for key in _diff(old, new)
+        for key in diff(old, new)
         if key != "run_dir"
         and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
     ]
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sweep.model_copy(update={"run_dir": str(sweep_dir)})
     check_resume(sweep, sweep_dir)
 
-    from jobs.train import check_combination
+    from coalition.cli import check_combination
 
     configs = S.check_trials(sweep)
     for cfg in configs:

@@ -156,11 +156,14 @@ class HFEngine(Engine):
                         "top_p": params.top_p,
                     }
                 )
+                # greedy decoding has one answer: transformers refuses n > 1 there, so decode
+                # once and repeat it (what vLLM returns for n greedy samples too)
+                draws = 1 if params.greedy else params.n
                 out = model.generate(
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
                     max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=params.n,
+                    num_return_sequences=draws,
                     eos_token_id=self.eos_ids,
                     pad_token_id=pad,
                     **sample,
@@ -168,7 +171,7 @@ class HFEngine(Engine):
                 new = out[:, width:].tolist()
                 for row, i in enumerate(batch):
                     for k in range(params.n):
-                        toks = new[row * params.n + k]
+                        toks = new[row * draws + k % draws]
                         cut = next((j for j, t in enumerate(toks) if t in eos), None)
                         used = toks if cut is None else toks[:cut]
                         text = self.tokenizer.decode(used, skip_special_tokens=True)

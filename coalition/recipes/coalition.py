@@ -13,11 +13,8 @@ Ray Train jobs or in-process engines is the caller's choice.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,21 +22,19 @@ from typing import Any
 from coalition import controller as C
 from coalition import pairs as P
 from coalition import prompts, scoring, stats, warmup
-from coalition.checkpoints import load_state, save_state
+from coalition.checkpoints import load_state
 from coalition.config import Config, ConfigError
 from coalition.engines import sampling
-from coalition.records import Example, Prediction
-from coalition.rundir import Manifest, read_records, write_json, write_jsonl, write_records
-from coalition.tasks import from_config
-from coalition.tasks.base import Task
-from coalition.training import State, settings_from
+from coalition.recipes.base import Log, Recipe, latest_version, predictions_of
+from coalition.records import Example
+from coalition.rundir import read_records, write_json, write_records
+from coalition.training import settings_from
 from coalition.workers import Workers, variant_key
 
-Log = Callable[[str], None]
 OnEval = Callable[[int, dict[str, Any]], None]
 
 
-class Run:
+class Run(Recipe):
     """One COALITION run over a run directory (stages, resume, metrics, summary)."""
 
     def __init__(
@@ -52,28 +47,12 @@ class Run:
     ):
         """``on_eval(round, accuracy)`` is called after the warm-up (round 0) and each round's
         held-out evaluation, also for stages a resumed run reads back (e.g. to report to Tune)."""
-        self.cfg, self.workers, self.dir, self.log = cfg, workers, Path(run_dir), log
+        super().__init__(cfg, workers, run_dir, log)
         self.on_eval = on_eval
-        self.manifest = Manifest(self.dir)
-        self.task: Task = from_config(cfg.task)
-        self.task_spec = {
-            "name": cfg.task.name,
-            "n_train": cfg.task.n_train,
-            "n_test": cfg.task.n_test,
-            "seed": cfg.task.seed,
-            "params": cfg.task.params,
-        }
         self.K = cfg.variants.count
         self.keys = [variant_key(k) for k in range(self.K)]
         self.tok = workers.tokenizer
-        self.chat = cfg.model.chat_template
-        self._lock = threading.Lock()
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.metrics: list[dict[str, Any]] = []
-        if self.metrics_path.exists():
-            self.metrics = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
         train = self.task.load("train")
-        self.test = self.task.load("test")
         need = cfg.warmup.n + cfg.pool
         if len(train) < need:
             raise ConfigError(
@@ -82,44 +61,6 @@ class Run:
             )
         self.warm_qs = train[: cfg.warmup.n]
         self.pool_source = train[cfg.warmup.n :]
-
-    # ------------------------------------------------------------------ plumbing
-
-    def stage(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
-        """Run ``fn`` unless the manifest says ``name`` finished; record timing and info."""
-        if self.manifest.done(name):
-            return self.manifest.info(name)
-        self.log(f"[stage] {name} …")
-        start = time.perf_counter()
-        info = fn() or {}
-        seconds = round(time.perf_counter() - start, 2)
-        with self._lock:
-            self.metrics.append({"stage": name, "seconds": seconds, **_flat(info)})
-            write_jsonl(self.metrics_path, self.metrics)
-            self.manifest.mark(name, seconds=seconds, **info)
-        self.log(f"[stage] {name} done in {seconds:.1f}s")
-        return self.manifest.info(name)
-
-    def stages(self, named: list[tuple[str, Callable[[], dict[str, Any] | None]]]) -> None:
-        """Independent stages (one update per variant): concurrently where the workers run
-        them in separate processes, else one after another. Each is recorded on its own."""
-        if not self.workers.parallel_updates or len(named) < 2:
-            for name, fn in named:
-                self.stage(name, fn)
-            return
-        with ThreadPoolExecutor(max_workers=len(named)) as pool:
-            for fut in [pool.submit(self.stage, name, fn) for name, fn in named]:
-                fut.result()
-
-    def state_path(self, key: str, version: int) -> Path:
-        return state_path(self.dir, key, version)
-
-    def tb_dir(self, name: str) -> Path:
-        """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
-        return (self.dir / "tensorboard" / name).resolve()
-
-    def save(self, key: str, state: State, version: int) -> None:
-        save_state(self.state_path(key, version), state, key, version)
 
     def sync(self, version: int) -> None:
         """Make every variant (and M_IFT) serve its saved state of ``version`` (pushing only
@@ -139,50 +80,19 @@ class Run:
         prompt = prompts.build(mode, ex.question, self.task.answer_format, reads)  # type: ignore[arg-type]
         return prompts.render(prompt, self.tok, self.chat)
 
-    # ------------------------------------------------------------------ evaluation
-
-    def evaluate(self, tag: str, keys: list[str | None]) -> dict[str, Any]:
-        params = replace(sampling(self.cfg.generation), temperature=0.0, n=1)
-        preds = self.workers.evaluate(
-            keys, self.task_spec, self.test, self.cfg.evaluate.method, params, self.chat
-        )
-        out = {}
-        for key, rows in preds.items():
-            name = key or "base"
-            write_records(self.dir / "eval" / f"{tag}-{name}.jsonl", rows)
-            acc = stats.accuracy(
-                [p.correct for p in rows], self.cfg.evaluate.bootstrap, self.cfg.seed
-            )
-            out[name] = {"accuracy": acc.accuracy, "ci95": [acc.ci_low, acc.ci_high], "n": acc.n}
-            self.log(f"[eval] {tag} {name}: {acc}")
-        return {"accuracy": out}
-
     # ------------------------------------------------------------------ warm-up
 
     def warmup_items(self) -> dict[str, Any]:
         cfg = self.cfg.warmup
-        source = cfg.rationales_from
-        if source == "auto":
-            source = "gold" if all(ex.rationale for ex in self.warm_qs) else "self"
-        if source == "gold":
-            items, missing = warmup.from_gold(self.warm_qs, self.cfg.seed, cfg.correct_drafts)
-        else:
-            params = replace(
-                sampling(self.cfg.generation),
-                temperature=cfg.self_temperature,
-                n=cfg.self_samples,
-                seed=self.cfg.seed,
-            )
-            texts = [self.render("rationale", ex) for ex in self.warm_qs]
-            samples = self.workers.generate({None: texts}, params)[None]
-            items, missing = warmup.from_samples(
-                self.task, self.warm_qs, samples, self.cfg.seed, cfg.correct_drafts
-            )
-        if not items:
-            raise RuntimeError(
-                f"warm-up: no usable rationale for any of {len(self.warm_qs)} questions "
-                f"(source {source}); use a task with gold rationales or more warmup.self_samples"
-            )
+
+        def sample_base(examples: list[Example], params: Any) -> list[Any]:
+            texts = [self.render("rationale", ex) for ex in examples]
+            return self.workers.generate({None: texts}, params)[None]
+
+        params = replace(sampling(self.cfg.generation), seed=self.cfg.seed)
+        items, missing, source = warmup.source(
+            cfg, self.task, self.warm_qs, sample_base, params, self.cfg.seed
+        )
         parts = P.partition([it.example.id for it in items], self.K, self.cfg.seed)
         by_id = {it.example.id: it for it in items}
         for k, ids in enumerate(parts):
@@ -504,15 +414,6 @@ def _routing_line(rep: dict[str, Any]) -> str:
     )
 
 
-def _flat(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in info.items() if isinstance(v, int | float | str | bool)}
-
-
-def state_path(run_dir: Path, key: str, version: int) -> Path:
-    """Where a run keeps model ``key``'s weights at ``version``."""
-    return Path(run_dir) / "states" / f"{key}-v{version}.safetensors"
-
-
 def trained_run(run_dir: Path) -> tuple[Config, int]:
     """A finished (or interrupted) run's config and the newest version every variant has a
     saved state of (1: after the warm-up) — what evaluation and serving load."""
@@ -523,13 +424,7 @@ def trained_run(run_dir: Path) -> tuple[Config, int]:
         raise ConfigError(f"run_dir {run_dir}: no jobs/train.py run there (no manifest.json)")
     cfg = config_mod.load(run_dir / "config.yaml")
     keys = [variant_key(k) for k in range(cfg.variants.count)]
-    version = 0
-    while all(state_path(run_dir, key, version + 1).exists() for key in keys):
-        version += 1
+    version = latest_version(run_dir, keys)
     if version == 0:
         raise ConfigError(f"run_dir {run_dir}: no trained variants yet (warm-up not finished)")
     return cfg, version
-
-
-def predictions_of(run_dir: Path, tag: str, key: str) -> list[Prediction]:
-    return read_records(Path(run_dir) / "eval" / f"{tag}-{key}.jsonl", Prediction)

@@ -111,3 +111,12 @@ def test_load_adapter_from_saved_dir(tiny_engine, tiny_path, tmp_path):
     with tiny_engine._using("saved") as model, torch.no_grad():
         got = model(ids).logits
     torch.testing.assert_close(got, expected)
+
+
+def test_greedy_with_several_samples_repeats_the_one_answer(tiny_engine):
+    from coalition.engines.base import SamplingParams
+
+    outs = tiny_engine.generate(["a b", "c"], SamplingParams(max_new_tokens=5, n=3))
+    assert [len(o) for o in outs] == [3, 3]
+    one = tiny_engine.generate(["a b", "c"], SamplingParams(max_new_tokens=5))
+    assert all(g == o[0] for o, (g,) in zip(outs, one, strict=True) for g in o)

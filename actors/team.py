@@ -1,0 +1,162 @@
+"""Ray-backed :class:`Team`: a GeneratorActor per engine (members on one path share it), updates
+under Ray Train (a persistent TorchTrainer per trained member), weights pushed through the
+object store and confirmed by the actor. Calls to a restarted actor are replayed and retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.hosts import GeneratorActor
+from actors.resilient import Resilient, gather
+from actors.session import QUIET
+from actors.training import PersistentTrainer, train_update
+from coalition.config import Config
+from coalition.engines.base import SamplingParams
+from coalition.team import Member, Team, adapter_of, check_members, host_name
+from coalition.training import State, StepSettings, lora_spec
+
+
+class RayTeam(Team):
+    """The production team of ``jobs/distill.py`` and ``jobs/saie.py``."""
+
+    parallel_updates = True
+
+    def __init__(
+        self,
+        cfg: Config,
+        members: Sequence[Member],
+        storage: Path,
+        log: Callable[[str], None] = print,
+        trainers: bool = True,
+    ):
+        from transformers import AutoTokenizer
+
+        self.cfg, self.storage, self.log = cfg, Path(storage), log
+        self.members = check_members(members)
+        self.mode = cfg.variants.mode
+        self.spec = lora_spec(cfg.variants.lora)
+        self.chunk = cfg.ray.chunk_size
+        r = cfg.ray
+        self._hosts: dict[str, Resilient] = {}
+        self._tokenizers: dict[str, Any] = {}
+        for m in self.members.values():
+            host = host_name(m, self.mode)
+            if host in self._hosts:
+                continue
+            actor = GeneratorActor.options(
+                num_cpus=r.generator_cpus,
+                num_gpus=r.generator_gpus,
+                max_restarts=r.max_restarts,
+                runtime_env={"env_vars": QUIET},
+            ).remote(
+                m.path,
+                self.mode if m.trained else "lora",
+                self.spec,
+                cfg.model.dtype,
+                cfg.generation.batch_size,
+                r.generator_cpus,
+            )
+            self._hosts[host] = Resilient(actor, f"generator[{m.name}]", r.max_retries, log)
+            self._tokenizers[m.path] = AutoTokenizer.from_pretrained(m.path)
+        self._expected: dict[str, int] = {}
+        self.trainers: dict[str, PersistentTrainer] = {}
+        if trainers and r.trainer == "persistent":  # start-up overlaps the first stages
+            for m in self.members.values():
+                if m.trained:
+                    self.trainers[m.name] = self._trainer(m)
+
+    def _trainer(self, m: Member) -> PersistentTrainer:
+        r = self.cfg.ray
+        return PersistentTrainer(
+            f"trainer-{m.name}",
+            m.path,
+            self.mode,
+            self.spec,
+            self.storage,
+            self.cfg.model.dtype,
+            r.train_workers,
+            r.train_cpus_per_worker,
+            r.train_use_gpu,
+            max(r.max_restarts, 0),
+        )
+
+    def _host(self, name: str) -> Resilient:
+        return self._hosts[host_name(self.members[name], self.mode)]
+
+    def tokenizer_of(self, name):
+        return self._tokenizers[self.members[name].path]
+
+    def _split(self, items: list[Any]) -> list[list[Any]]:
+        return [items[i : i + self.chunk] for i in range(0, len(items), self.chunk)] or [[]]
+
+    def generate(self, jobs, params: SamplingParams):
+        calls, owners = [], []
+        for name, prompts in jobs.items():
+            expect = self._expected.get(name)
+            for part in self._split(prompts):
+                args = (adapter_of(self.members[name]), part, params, expect)
+                calls.append((self._host(name), "generate", args))
+                owners.append(name)
+        out: dict[str, list[Any]] = {name: [] for name in jobs}
+        for name, result in zip(owners, gather(calls), strict=True):
+            out[name].extend(result)
+        return out
+
+    def evaluate(self, names, task_spec, examples, method, params, chat):
+        calls, owners = [], []
+        for name in names:
+            expect = self._expected.get(name)
+            for part in self._split(examples):
+                args = (adapter_of(self.members[name]), task_spec, part, method, params, chat, expect)
+                calls.append((self._host(name), "evaluate", args))
+                owners.append(name)
+        out: dict[str, list[Any]] = {name: [] for name in names}
+        for name, result in zip(owners, gather(calls), strict=True):
+            out[name].extend(result)
+        return out
+
+    def train(self, kind, name, state, rows, s: StepSettings):
+        member = self.trained(name)
+        r = self.cfg.ray
+        if r.trainer == "persistent":
+            if name not in self.trainers:
+                self.trainers[name] = self._trainer(member)
+            return self.trainers[name].update(kind, state, rows, s)
+        return train_update(
+            kind,
+            f"{kind}-{name}-{s.seed}",
+            member.path,
+            self.mode,
+            self.spec,
+            state,
+            rows,
+            s,
+            self.storage,
+            self.cfg.model.dtype,
+            r.train_workers,
+            r.train_cpus_per_worker,
+            r.train_use_gpu,
+        )
+
+    def push(self, name: str, state: State, version: int) -> None:
+        self.trained(name)
+        host = self._host(name)
+        ref = ray.put(state)
+        host.remember(f"state:{name}", "install", name, ref, version)
+        served = host.call("install", name, ref, version)
+        if served != version:
+            raise RuntimeError(f"{name}: pushed version {version}, actor serves {served}")
+        self._expected[name] = version
+
+    def versions(self) -> dict[str, int]:
+        return dict(self._expected)
+
+    def close(self) -> None:
+        for trainer in self.trainers.values():
+            trainer.close()
+        for host in self._hosts.values():
+            ray.kill(host.actor, no_restart=True)

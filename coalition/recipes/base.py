@@ -1,0 +1,140 @@
+"""What every recipe shares: resumable stages over a run directory, metrics, saved states,
+held-out evaluation with intervals, and paired gains.
+
+A stage writes its outputs atomically and is then recorded in the manifest; a rerun with the
+same ``run_dir`` skips finished stages and reads their outputs back, so a crash or ``kill -9``
+loses at most the stage in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from coalition import stats
+from coalition.checkpoints import save_state
+from coalition.config import Config
+from coalition.engines import sampling
+from coalition.records import Prediction
+from coalition.rundir import Manifest, read_records, write_jsonl, write_records
+from coalition.tasks import from_config
+from coalition.tasks.base import Task
+from coalition.training import State
+
+Log = Callable[[str], None]
+
+
+class Recipe:
+    """Stages, metrics and evaluation of one run; ``models`` is the recipe's Workers or Team
+    (anything with ``evaluate`` and ``parallel_updates``)."""
+
+    def __init__(self, cfg: Config, models: Any, run_dir: Path, log: Log = print):
+        self.cfg, self.workers, self.dir, self.log = cfg, models, Path(run_dir), log
+        self.manifest = Manifest(self.dir)
+        self.task: Task = from_config(cfg.task)
+        self.task_spec = {
+            "name": cfg.task.name,
+            "n_train": cfg.task.n_train,
+            "n_test": cfg.task.n_test,
+            "seed": cfg.task.seed,
+            "params": cfg.task.params,
+        }
+        self.chat = cfg.model.chat_template
+        self.test = self.task.load("test")
+        self._lock = threading.Lock()
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.metrics: list[dict[str, Any]] = []
+        if self.metrics_path.exists():
+            self.metrics = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
+
+    def stage(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """Run ``fn`` unless the manifest says ``name`` finished; record timing and info."""
+        if self.manifest.done(name):
+            return self.manifest.info(name)
+        self.log(f"[stage] {name} …")
+        start = time.perf_counter()
+        info = fn() or {}
+        seconds = round(time.perf_counter() - start, 2)
+        with self._lock:
+            self.metrics.append({"stage": name, "seconds": seconds, **_flat(info)})
+            write_jsonl(self.metrics_path, self.metrics)
+            self.manifest.mark(name, seconds=seconds, **info)
+        self.log(f"[stage] {name} done in {seconds:.1f}s")
+        return self.manifest.info(name)
+
+    def stages(self, named: list[tuple[str, Callable[[], dict[str, Any] | None]]]) -> None:
+        """Independent stages (one update per model): concurrently where the workers run
+        them in separate processes, else one after another. Each is recorded on its own."""
+        if not self.workers.parallel_updates or len(named) < 2:
+            for name, fn in named:
+                self.stage(name, fn)
+            return
+        with ThreadPoolExecutor(max_workers=len(named)) as pool:
+            for fut in [pool.submit(self.stage, name, fn) for name, fn in named]:
+                fut.result()
+
+    def state_path(self, key: str, version: int) -> Path:
+        return state_path(self.dir, key, version)
+
+    def tb_dir(self, name: str) -> Path:
+        """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
+        return (self.dir / "tensorboard" / name).resolve()
+
+    def save(self, key: str, state: State, version: int) -> None:
+        save_state(self.state_path(key, version), state, key, version)
+
+    def evaluate(self, tag: str, keys: list[Any]) -> dict[str, Any]:
+        """Greedy held-out predictions of each model in ``keys`` (``evaluate.method``), written
+        to ``eval/<tag>-<name>.jsonl``, with accuracy and its bootstrap 95% interval."""
+        params = replace(sampling(self.cfg.generation), temperature=0.0, n=1)
+        preds = self.workers.evaluate(
+            keys, self.task_spec, self.test, self.cfg.evaluate.method, params, self.chat
+        )
+        out = {}
+        for key, rows in preds.items():
+            name = key or "base"
+            write_records(self.dir / "eval" / f"{tag}-{name}.jsonl", rows)
+            acc = stats.accuracy(
+                [p.correct for p in rows], self.cfg.evaluate.bootstrap, self.cfg.seed
+            )
+            out[name] = {"accuracy": acc.accuracy, "ci95": [acc.ci_low, acc.ci_high], "n": acc.n}
+            self.log(f"[eval] {tag} {name}: {acc}")
+        return {"accuracy": out}
+
+    def gain(self, before: tuple[str, str], after: tuple[str, str]) -> dict[str, Any]:
+        """Accuracy change from ``(tag, name)`` to ``(tag, name)`` on the same held-out
+        questions, with a paired-bootstrap 95% interval."""
+        b = {p.id: float(p.correct) for p in predictions_of(self.dir, *before)}
+        a = {p.id: float(p.correct) for p in predictions_of(self.dir, *after)}
+        ids = sorted(b)
+        d = stats.paired_difference(
+            [b[i] for i in ids], [a[i] for i in ids], self.cfg.evaluate.bootstrap, self.cfg.seed
+        )
+        return {"delta": d.delta, "ci95": [d.ci_low, d.ci_high], "n": d.n}
+
+
+def _flat(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if isinstance(v, int | float | str | bool)}
+
+
+def state_path(run_dir: Path, key: str, version: int) -> Path:
+    """Where a run keeps model ``key``'s weights at ``version``."""
+    return Path(run_dir) / "states" / f"{key}-v{version}.safetensors"
+
+
+def predictions_of(run_dir: Path, tag: str, key: str) -> list[Prediction]:
+    return read_records(Path(run_dir) / "eval" / f"{tag}-{key}.jsonl", Prediction)
+
+
+def latest_version(run_dir: Path, keys: list[str]) -> int:
+    """The newest version every model in ``keys`` has a saved state of (0: none yet)."""
+    version = 0
+    while all(state_path(run_dir, key, version + 1).exists() for key in keys):
+        version += 1
+    return version

@@ -1,0 +1,63 @@
+"""Fine-tune-CoT on Ray: a teacher writes zero-shot-CoT rationales, the student learns the
+ones that reach the gold answer.
+
+    python jobs/distill.py [--config configs/distill.yaml] [key=value ...]
+    python jobs/distill.py teacher.kind=openai teacher.base_url=http://host:8000/v1 \\
+        teacher.model=Qwen/Qwen2.5-7B-Instruct   # any OpenAI-compatible endpoint (vllm serve, …)
+
+The teacher's samples are cached chunk by chunk in ``run_dir/teacher``; rerunning with the
+same ``run_dir`` resumes after the last finished stage (or chunk). The kept rationales can seed
+COALITION's warm-up: ``python jobs/train.py warmup.rationales_from=<this run_dir>``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from coalition import cli  # noqa: E402
+from coalition.config import ConfigError  # noqa: E402
+from coalition.report import print_accuracy  # noqa: E402
+
+DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    path, overrides = cli.parse_args(argv, "distill")
+    from coalition import config as config_mod
+
+    cfg = config_mod.load(path or DEFAULT, overrides)
+    if cfg.teacher.kind == "openai" and not cfg.teacher.base_url:
+        raise ConfigError("teacher.base_url: needed with teacher.kind: openai")
+    if cfg.run_dir:
+        cli.check_resume(cfg, Path(cfg.run_dir))
+    run_dir = cli.prepare_run_dir(cfg, "distill")
+
+    from actors.session import init_ray
+    from actors.team import RayTeam
+    from coalition.recipes.distill import Distill, build_teacher, members
+
+    start = time.perf_counter()
+    init_ray(cfg)
+    team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
+    teacher = build_teacher(cfg, team)
+    try:
+        summary = Distill(cfg, team, teacher, run_dir).run()
+    finally:
+        teacher.close()
+        team.close()
+    kept = summary["teacher_samples"]
+    print(
+        f"teacher kept {kept['kept']}/{kept['total']} samples ({kept['rate']:.0%}); "
+        f"{kept['questions_kept']}/{kept['questions']} questions have one"
+    )
+    print_accuracy(summary["accuracy"], {"student vs base": summary.get("gain_over_base")})
+    print(f"wall time {time.perf_counter() - start:.0f}s; run_dir: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
