@@ -6,6 +6,10 @@
 One model (``evaluate.method: direct | cot``): writes ``run_dir/summary.json`` (accuracy with a
 bootstrap 95% interval) and ``run_dir/predictions.jsonl``.
 
+``method=discussion agents=N rounds=R`` (optionally over a trained run directory: COALITION
+variants, a SAIE learner, a distilled student): N agents answer, read each other's solutions for
+R rounds, majority vote; writes per-round majority accuracy (round 0 is self-consistency).
+
 ``method=suite`` over a ``jobs/train.py`` run directory: the base model (direct, CoT), each
 variant alone, self-refine, cross-refine with fixed roles, random routing, controller routing
 and the oracle, on the same held-out questions, through the run's Ray actors. The controller is
@@ -33,9 +37,13 @@ from coalition.rundir import write_json, write_records  # noqa: E402
 
 
 def _aliases(argv: list[str] | None) -> list[str]:
-    """``method=X`` is short for ``evaluate.method=X``."""
+    """``method=X`` is short for ``evaluate.method=X``; with ``method=discussion``, ``agents=N``
+    and ``rounds=R`` are short for ``discussion.agents`` and ``discussion.rounds``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return [f"evaluate.{a}" if a.startswith("method=") else a for a in args]
+    out = [f"evaluate.{a}" if a.startswith("method=") else a for a in args]
+    if "evaluate.method=discussion" in out:
+        out = [f"discussion.{a}" if a.startswith(("agents=", "rounds=")) else a for a in out]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cli.parse(argv, "evaluate")
     if cfg.evaluate.method == "suite":
         return suite(argv, cfg)
+    if cfg.evaluate.method == "discussion":
+        return discussion(argv, cfg)
     return single(cfg)
 
 
@@ -188,6 +198,133 @@ def suite(argv: list[str], cfg: Config) -> int:
         )
     print(f"wall time {summary['seconds']:.0f}s; results: {out_dir}")
     return 0
+
+
+def discussion(argv: list[str], cfg: Config) -> int:
+    """N agents answer, read each other's solutions for R rounds, majority vote. Agents are a
+    trained run's models (COALITION variants in turn, a SAIE learner, a distilled student) or,
+    without a trained run_dir, the base model."""
+    from actors.session import init_ray
+    from coalition.discussion import accuracy_by_round, discuss
+
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+    trained = run_dir is not None and (run_dir / "manifest.json").exists()
+    if trained:
+        _, overrides = cli.parse_args(argv, "evaluate")
+        cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+    d = cfg.discussion
+    task = tasks.from_config(cfg.task)
+    examples = task.load(cfg.evaluate.split)
+    params = replace(sampling(cfg.generation), temperature=d.temperature, n=1, seed=cfg.seed)
+    start = time.perf_counter()
+    init_ray(cfg)
+    models, agents, close, label = _discussants(cfg, run_dir if trained else None, d.agents)
+    try:
+        results = discuss(models, task, examples, agents, d.rounds, params, cfg.model.chat_template)
+    finally:
+        close()
+    out_dir = (
+        run_dir / "evaluation" / f"discussion-{d.agents}x{d.rounds}"
+        if trained
+        else cli.prepare_run_dir(cfg, "evaluate")
+    )
+    by_round = accuracy_by_round(results)
+    per_round = []
+    for r, correct in enumerate(by_round):
+        acc = stats.accuracy(correct, cfg.evaluate.bootstrap, cfg.seed)
+        gain = stats.paired_difference(
+            [float(c) for c in by_round[0]],
+            [float(c) for c in correct],
+            cfg.evaluate.bootstrap,
+            cfg.seed,
+        )
+        per_round.append(
+            {
+                "round": r,
+                "accuracy": acc.accuracy,
+                "ci95": [acc.ci_low, acc.ci_high],
+                "vs_round0": {"delta": gain.delta, "ci95": [gain.ci_low, gain.ci_high]},
+            }
+        )
+    single = stats.accuracy(
+        [task.is_correct(x.answers[0][0], ex) for x, ex in zip(results, examples, strict=True)],
+        cfg.evaluate.bootstrap,
+        cfg.seed,
+    )
+    summary = {
+        "job": "evaluate",
+        "method": "discussion",
+        "task": cfg.task.name,
+        "models": label,
+        "agents": [a or "base" for a in agents],
+        "rounds": d.rounds,
+        "temperature": d.temperature,
+        "n": len(results),
+        "first_agent_alone": {"accuracy": single.accuracy, "ci95": [single.ci_low, single.ci_high]},
+        "majority_per_round": per_round,
+        "tokens_per_question": sum(x.tokens for x in results) / max(1, len(results)),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_records(out_dir / "discussions.jsonl", results)
+    write_json(out_dir / "summary.json", summary)
+    print_table(
+        ["round", "majority accuracy", "95% CI", "Δ vs round 0 (paired 95% CI)"],
+        [
+            [
+                r["round"],
+                f"{r['accuracy']:.3f}",
+                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                f"{r['vs_round0']['delta']:+.3f} [{r['vs_round0']['ci95'][0]:+.3f}, "
+                f"{r['vs_round0']['ci95'][1]:+.3f}]",
+            ]
+            for r in per_round
+        ],
+    )
+    print(
+        f"{len(agents)} agents ({', '.join(summary['agents'])}); first agent alone "
+        f"{single.accuracy:.3f}; round 0 is self-consistency (a vote without discussion)"
+    )
+    print(f"wall time {summary['seconds']:.0f}s; results: {out_dir}")
+    return 0
+
+
+def _discussants(cfg: Config, run_dir: Path | None, n: int):
+    """(models, agent keys, close, label) for a discussion: a COALITION run's variants in turn,
+    a SAIE learner or distilled student, or the base model."""
+    from actors.team import RayTeam
+    from coalition.checkpoints import load_state
+    from coalition.models import resolve
+    from coalition.recipes.base import latest_version, state_path
+    from coalition.team import Bound, Member
+
+    path = resolve(cfg.model.name_or_path)
+    if run_dir is not None and state_path(run_dir, "v0", 1).exists():
+        from actors.workers import RayWorkers
+        from coalition.recipes.coalition import Run, trained_run
+
+        _, version = trained_run(run_dir)
+        workers = RayWorkers(cfg, path, run_dir / "ray_train", trainers=False)
+        Run(cfg, workers, run_dir).sync(version)
+        keys = [f"v{k}" for k in range(cfg.variants.count)]
+        return (
+            workers,
+            [keys[i % len(keys)] for i in range(n)],
+            workers.close,
+            f"COALITION variants v{version}",
+        )
+    for name in ("learner", "student"):
+        if run_dir is not None and state_path(run_dir, name, 1).exists():
+            version = latest_version(run_dir, [name])
+            team = RayTeam(
+                cfg, [Member(name, path, trained=True)], run_dir / "ray_train", trainers=False
+            )
+            state, _, _ = load_state(state_path(run_dir, name, version))
+            team.push(name, state, version)
+            return Bound(team, {name: name}), [name] * n, team.close, f"{name} v{version}"
+    if run_dir is not None:
+        raise ConfigError(f"run_dir {run_dir}: no trained models there to discuss with")
+    team = RayTeam(cfg, [Member("base", path)], Path("runs") / "ray_train", trainers=False)
+    return Bound(team, {None: "base"}), [None] * n, team.close, cfg.model.name_or_path
 
 
 def _slug(name: str) -> str:

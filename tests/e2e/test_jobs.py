@@ -51,3 +51,32 @@ def test_evaluate_embedded_smollm2(tmp_path):
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     # a real instruction model states numeric answers we can extract (a random one does not)
     assert sum(p["extracted"] is not None for p in preds) >= 6, [p["output"] for p in preds]
+
+
+def test_distill_job_with_an_openai_compatible_teacher(tmp_path):
+    """jobs/distill.py through Ray, its teacher a real local HTTP endpoint."""
+    from tests.openai_server import OpenAIServer
+
+    with OpenAIServer() as server:
+        run_job(REPO / "jobs/distill.py", "--config", SMOKE, f"run_dir={tmp_path}",
+                "teacher.kind=openai", "teacher.model=tiny", f"teacher.base_url={server.base_url}",
+                "teacher.samples=2", "teacher.max_new_tokens=8", "teacher.chunk=4", "distill.n=8",
+                "distill.filter=false", "task.n_test=4")  # fmt: skip
+        assert server.requests >= 2 * 2 + 4  # 2 chunks × (stage 1 + stage 2) + teacher eval
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["job"] == "distill" and summary["teacher_samples"]["total"] == 16
+    assert set(summary["accuracy"]) == {"teacher", "student"}
+    assert (tmp_path / "states" / "student-v1.safetensors").exists()
+
+
+def test_saie_job_then_a_discussion_of_its_learner(tmp_path):
+    run_job(REPO / "jobs/saie.py", "--config", SMOKE, f"run_dir={tmp_path}", "saie.pool=8",
+            "saie.remark_tokens=8")  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["job"] == "saie" and summary["versions"] == {"learner": 2}
+    assert set(summary["accuracy"]) == {"warmup", "round1"}
+    run_job(REPO / "jobs/evaluate.py", f"run_dir={tmp_path}", "method=discussion", "agents=2",
+            "rounds=1")  # fmt: skip
+    talked = json.loads((tmp_path / "evaluation" / "discussion-2x1" / "summary.json").read_text())
+    assert talked["agents"] == ["learner", "learner"] and talked["models"] == "learner v2"
+    assert len(talked["majority_per_round"]) == 2

@@ -180,6 +180,14 @@ def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
     assert (run_dir / "evaluation" / "methods.png").stat().st_size > 1000
     assert "controller routing" in proc.stdout
 
+    talk = [sys.executable, str(REPO / "jobs/evaluate.py"), f"run_dir={run_dir}",
+            "method=discussion", "agents=3", "rounds=1"]  # fmt: skip
+    proc = subprocess.run(talk, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    talked = json.loads((run_dir / "evaluation" / "discussion-3x1" / "summary.json").read_text())
+    assert talked["agents"] == ["v0", "v1", "v0"] and talked["n"] == 8
+    assert [r["round"] for r in talked["majority_per_round"]] == [0, 1]
+
     port = free_port()
     serve_cmd = [sys.executable, str(REPO / "jobs/serve.py"), f"run_dir={run_dir}",
                  f"serve.port={port}"]  # fmt: skip

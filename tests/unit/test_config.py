@@ -81,3 +81,18 @@ def test_job_exits_2_with_one_line_and_no_traceback():
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "task.nmae" in lines[0] and "did you mean 'name'" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_warmup_rationales_from_names_a_source_or_a_distill_run(tmp_path):
+    from coalition.cli import check_combination
+
+    check_combination(config.load(None, [f"warmup.rationales_from={tmp_path}"]))
+    with pytest.raises(ConfigError, match="warmup.rationales_from: 'gould'"):
+        check_combination(config.load(None, ["warmup.rationales_from=gould"]))
+
+
+def test_new_recipe_sections_refuse_unknown_keys():
+    with pytest.raises(ConfigError, match="teacher.sample: unknown key 'sample' .did you mean 'samples'"):
+        config.load(None, ["teacher.sample=3"])
+    with pytest.raises(ConfigError, match="saie.adversarial_ratio"):
+        config.load(None, ["saie.adversarial_ratio=1.5"])

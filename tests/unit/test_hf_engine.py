@@ -119,4 +119,4 @@ def test_greedy_with_several_samples_repeats_the_one_answer(tiny_engine):
     outs = tiny_engine.generate(["a b", "c"], SamplingParams(max_new_tokens=5, n=3))
     assert [len(o) for o in outs] == [3, 3]
     one = tiny_engine.generate(["a b", "c"], SamplingParams(max_new_tokens=5))
-    assert all(g == o[0] for o, (g,) in zip(outs, one, strict=True) for g in o)
+    assert all(x == g for o, (g,) in zip(outs, one, strict=True) for x in o)

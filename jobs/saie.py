@@ -1,0 +1,52 @@
+"""SAIE on Ray: a learner trained through a frozen partner's supportive and adversarial remarks.
+
+    python jobs/saie.py [--config configs/saie.yaml] [key=value ...]
+    python jobs/saie.py saie.partner=Qwen/Qwen2.5-1.5B-Instruct saie.adversarial_ratio=0.3
+
+Warm-up SFT, then ``rounds`` rounds of attempt → remark → SFT toward the gold reasoning given
+the discussion. Rerunning with the same ``run_dir`` resumes after the last finished stage; the
+trained learner plays in ``jobs/evaluate.py run_dir=<this run> method=discussion``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from coalition import cli  # noqa: E402
+from coalition.report import print_accuracy  # noqa: E402
+
+DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "saie.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    path, overrides = cli.parse_args(argv, "saie")
+    from coalition import config as config_mod
+
+    cfg = config_mod.load(path or DEFAULT, overrides)
+    cli.check_combination(cfg)
+    if cfg.run_dir:
+        cli.check_resume(cfg, Path(cfg.run_dir))
+    run_dir = cli.prepare_run_dir(cfg, "saie")
+
+    from actors.session import init_ray
+    from actors.team import RayTeam
+    from coalition.recipes.saie import SAIE, members
+
+    start = time.perf_counter()
+    init_ray(cfg)
+    team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
+    try:
+        summary = SAIE(cfg, team, run_dir).run()
+    finally:
+        team.close()
+    print_accuracy(summary["accuracy"], summary["gain_over_warmup"])
+    print(f"wall time {time.perf_counter() - start:.0f}s; run_dir: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
