@@ -111,7 +111,15 @@ class RayTeam(Team):
         for name in names:
             expect = self._expected.get(name)
             for part in self._split(examples):
-                args = (adapter_of(self.members[name]), task_spec, part, method, params, chat, expect)
+                args = (
+                    adapter_of(self.members[name]),
+                    task_spec,
+                    part,
+                    method,
+                    params,
+                    chat,
+                    expect,
+                )
                 calls.append((self._host(name), "evaluate", args))
                 owners.append(name)
         out: dict[str, list[Any]] = {name: [] for name in names}

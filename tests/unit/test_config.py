@@ -92,7 +92,9 @@ def test_warmup_rationales_from_names_a_source_or_a_distill_run(tmp_path):
 
 
 def test_new_recipe_sections_refuse_unknown_keys():
-    with pytest.raises(ConfigError, match="teacher.sample: unknown key 'sample' .did you mean 'samples'"):
+    with pytest.raises(
+        ConfigError, match="teacher.sample: unknown key 'sample' .did you mean 'samples'"
+    ):
         config.load(None, ["teacher.sample=3"])
     with pytest.raises(ConfigError, match="saie.adversarial_ratio"):
         config.load(None, ["saie.adversarial_ratio=1.5"])
