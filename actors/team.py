@@ -13,7 +13,7 @@ import ray
 from actors.hosts import GeneratorActor
 from actors.resilient import Resilient, gather
 from actors.session import QUIET
-from actors.training import PersistentTrainer, train_update
+from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
 from coalition.engines.base import SamplingParams
 from coalition.team import Member, Team, adapter_of, check_members, host_name
@@ -67,22 +67,9 @@ class RayTeam(Team):
         if trainers and r.trainer == "persistent":  # start-up overlaps the first stages
             for m in self.members.values():
                 if m.trained:
-                    self.trainers[m.name] = self._trainer(m)
-
-    def _trainer(self, m: Member) -> PersistentTrainer:
-        r = self.cfg.ray
-        return PersistentTrainer(
-            f"trainer-{m.name}",
-            m.path,
-            self.mode,
-            self.spec,
-            self.storage,
-            self.cfg.model.dtype,
-            r.train_workers,
-            r.train_cpus_per_worker,
-            r.train_use_gpu,
-            max(r.max_restarts, 0),
-        )
+                    self.trainers[m.name] = persistent_trainer(
+                        cfg, m.name, m.path, self.mode, self.spec, self.storage
+                    )
 
     def _host(self, name: str) -> Resilient:
         return self._hosts[host_name(self.members[name], self.mode)]
@@ -129,26 +116,10 @@ class RayTeam(Team):
 
     def train(self, kind, name, state, rows, s: StepSettings):
         member = self.trained(name)
-        r = self.cfg.ray
-        if r.trainer == "persistent":
-            if name not in self.trainers:
-                self.trainers[name] = self._trainer(member)
-            return self.trainers[name].update(kind, state, rows, s)
-        return train_update(
-            kind,
-            f"{kind}-{name}-{s.seed}",
-            member.path,
-            self.mode,
-            self.spec,
-            state,
-            rows,
-            s,
-            self.storage,
-            self.cfg.model.dtype,
-            r.train_workers,
-            r.train_cpus_per_worker,
-            r.train_use_gpu,
-        )
+        return train_with(
+            self.cfg, self.trainers, name, member.path, self.mode, self.spec, self.storage,
+            kind, state, rows, s,
+        )  # fmt: skip
 
     def push(self, name: str, state: State, version: int) -> None:
         self.trained(name)

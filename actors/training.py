@@ -294,3 +294,59 @@ class PersistentTrainer:
                 # force-cancel racing the task's own completion
         finally:
             ray.kill(self.mailbox)
+
+
+def persistent_trainer(
+    cfg: Any, key: str, base_path: str, mode: str, spec: LoraSpec, storage: Path
+) -> PersistentTrainer:
+    """The long-lived trainer of model ``key`` with the run's Ray resources (``cfg.ray``)."""
+    r = cfg.ray
+    return PersistentTrainer(
+        f"trainer-{key}",
+        base_path,
+        mode,
+        spec,
+        storage,
+        cfg.model.dtype,
+        r.train_workers,
+        r.train_cpus_per_worker,
+        r.train_use_gpu,
+        max(r.max_restarts, 0),
+    )
+
+
+def train_with(
+    cfg: Any,
+    trainers: dict[str, PersistentTrainer],
+    key: str,
+    base_path: str,
+    mode: str,
+    spec: LoraSpec,
+    storage: Path,
+    kind: str,
+    state: State | None,
+    rows: list[dict[str, str]],
+    settings: StepSettings,
+) -> tuple[State, dict[str, float]]:
+    """One update of model ``key`` per ``ray.trainer``: on its persistent trainer (started on
+    first use and kept in ``trainers``), or on a fresh TorchTrainer."""
+    r = cfg.ray
+    if r.trainer == "persistent":
+        if key not in trainers:
+            trainers[key] = persistent_trainer(cfg, key, base_path, mode, spec, storage)
+        return trainers[key].update(kind, state, rows, settings)
+    return train_update(
+        kind,
+        f"{kind}-{key}-{settings.seed}",
+        base_path,
+        mode,
+        spec,
+        state,
+        rows,
+        settings,
+        storage,
+        cfg.model.dtype,
+        r.train_workers,
+        r.train_cpus_per_worker,
+        r.train_use_gpu,
+    )

@@ -12,7 +12,7 @@ import ray
 from actors.hosts import GeneratorActor, ScorerActor
 from actors.resilient import Resilient, gather
 from actors.session import QUIET
-from actors.training import PersistentTrainer, train_update
+from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
 from coalition.engines.base import SamplingParams
 from coalition.training import State, StepSettings, lora_spec
@@ -67,22 +67,9 @@ class RayWorkers(Workers):
         ):  # started now, so their start-up overlaps other stages
             keys = [variant_key(k) for k in range(cfg.variants.count)]
             for key in keys + (["ift"] if cfg.scorer == "ift_all" else []):
-                self.trainers[key] = self._trainer(key)
-
-    def _trainer(self, key: str) -> PersistentTrainer:
-        r = self.cfg.ray
-        return PersistentTrainer(
-            f"trainer-{key}",
-            self.base_path,
-            self.mode,
-            self.spec,
-            self.storage,
-            self.cfg.model.dtype,
-            r.train_workers,
-            r.train_cpus_per_worker,
-            r.train_use_gpu,
-            max(r.max_restarts, 0),
-        )
+                self.trainers[key] = persistent_trainer(
+                    cfg, key, base_path, self.mode, self.spec, self.storage
+                )
 
     def ready(self) -> None:
         """Wait for the trainers' workers (benchmarks time a warm system)."""
@@ -149,26 +136,10 @@ class RayWorkers(Workers):
         return out
 
     def train(self, kind: str, key: str, state: State | None, rows, settings: StepSettings):
-        r = self.cfg.ray
-        if r.trainer == "persistent":
-            if key not in self.trainers:
-                self.trainers[key] = self._trainer(key)
-            return self.trainers[key].update(kind, state, rows, settings)
-        return train_update(
-            kind,
-            f"{kind}-{key}-{settings.seed}",
-            self.base_path,
-            self.mode,
-            self.spec,
-            state,
-            rows,
-            settings,
-            self.storage,
-            self.cfg.model.dtype,
-            r.train_workers,
-            r.train_cpus_per_worker,
-            r.train_use_gpu,
-        )
+        return train_with(
+            self.cfg, self.trainers, key, self.base_path, self.mode, self.spec, self.storage,
+            kind, state, rows, settings,
+        )  # fmt: skip
 
     def push(self, key: str, state: State, version: int) -> None:
         ref = ray.put(state)  # one copy in the object store, shared by every receiving actor
