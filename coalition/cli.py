@@ -21,9 +21,10 @@ from coalition.tasks.base import TaskError
 USAGE_ERRORS = (ConfigError, TaskError)
 
 
-def parse(argv: list[str] | None, job: str) -> Config:
+def parse(argv: list[str] | None, job: str, default: Path | None = None) -> Config:
+    """The job's config: ``--config`` (else ``default``, else configs/default.yaml) + overrides."""
     path, overrides = parse_args(argv, job)
-    return config_mod.load(path, overrides)
+    return config_mod.load(path or default, overrides)
 
 
 def parse_args(argv: list[str] | None, job: str) -> tuple[Path | None, list[str]]:

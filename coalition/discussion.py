@@ -15,14 +15,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from coalition import prompts
-from coalition.deliberation import Key, Models
-from coalition.engines.base import SamplingParams
+from coalition.deliberation import Key
+from coalition.engines.base import Generation, SamplingParams
 from coalition.evaluation import ANSWER_TOKENS
 from coalition.records import Example
 from coalition.tasks.base import Task
+
+
+class Generators(Protocol):
+    """What discussion needs: batched generation per model key, and the prompts' tokenizer."""
+
+    tokenizer: Any
+
+    def generate(
+        self, jobs: dict[Key, list[str]], params: SamplingParams
+    ) -> dict[Key, list[list[Generation]]]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ def seats(agents: Sequence[Key]) -> list[int]:
 
 
 def discuss(
-    models: Models,
+    models: Generators,
     task: Task,
     examples: Sequence[Example],
     agents: Sequence[Key],
@@ -139,7 +149,7 @@ def discuss(
 
 
 def _call(
-    models: Models,
+    models: Generators,
     agents: Sequence[Key],
     seat: list[int],
     texts: list[list[str]],

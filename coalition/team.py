@@ -8,7 +8,7 @@ base, or a learner and a same-base partner, cost one model in memory.
 
 :class:`LocalTeam` runs everything in this process (unit tests); ``actors.team.RayTeam`` hosts
 each engine in a Ray actor and runs updates under Ray Train. Both implement the
-:class:`coalition.deliberation.Models` protocol, so discussion inference runs on either.
+generation by name, so multi-agent discussion runs on either (through :class:`Bound`).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class Team(ABC):
 
 
 class Bound:
-    """One team member seen as :class:`coalition.deliberation.Models` with keys of its own
-    choosing (discussion asks for ``None`` or variant keys; this maps them to members)."""
+    """Team members under the keys a caller uses (``coalition.discussion.Generators``: the
+    base is ``None`` there); generation only."""
 
     def __init__(self, team: Team, keys: dict[Any, str]):
         self.team, self.keys = team, keys
@@ -115,9 +115,6 @@ class Bound:
     def generate(self, jobs, params):
         outs = self.team.generate({self.keys[k]: v for k, v in jobs.items()}, params)
         return {k: outs[self.keys[k]] for k in jobs}
-
-    def features(self, prompts):  # pragma: no cover - discussion does not route
-        raise NotImplementedError("team members have no controller features")
 
 
 class LocalTeam(Team):

@@ -26,10 +26,7 @@ DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    path, overrides = cli.parse_args(argv, "distill")
-    from coalition import config as config_mod
-
-    cfg = config_mod.load(path or DEFAULT, overrides)
+    cfg = cli.parse(argv, "distill", DEFAULT)
     if cfg.teacher.kind == "openai" and not cfg.teacher.base_url:
         raise ConfigError("teacher.base_url: needed with teacher.kind: openai")
     if cfg.run_dir:

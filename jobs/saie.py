@@ -23,10 +23,7 @@ DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "saie.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    path, overrides = cli.parse_args(argv, "saie")
-    from coalition import config as config_mod
-
-    cfg = config_mod.load(path or DEFAULT, overrides)
+    cfg = cli.parse(argv, "saie", DEFAULT)
     cli.check_combination(cfg)
     if cfg.run_dir:
         cli.check_resume(cfg, Path(cfg.run_dir))
