@@ -7,33 +7,21 @@ from typing import Any
 
 import ray
 
+from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec, SamplingParams
-from coalition.engines.hf import HFEngine
 from coalition.records import Example
 from coalition.training import threads_for
 from coalition.variants import VariantHost
 
 
 class _EngineHost:
-    """An HF engine with installed variant states, living in its own Ray worker process."""
+    """An engine (HF or vLLM) with installed variant states, in its own Ray worker process."""
 
-    def __init__(
-        self,
-        base_path: str,
-        mode: str,
-        spec: LoraSpec,
-        dtype: str,
-        batch_size: int,
-        cpus: float,
-        device: str = "auto",
-    ):
+    def __init__(self, base_path: str, mode: str, spec: LoraSpec, engine: EngineSpec, cpus: float):
         import torch
 
         torch.set_num_threads(threads_for(cpus))
-        engine = HFEngine.from_pretrained(
-            base_path, dtype=dtype, device=device, batch_size=batch_size, progress=False
-        )
-        self.host = VariantHost(engine, mode, spec)
+        self.host = VariantHost(engine.open(base_path, lora=mode == "lora"), mode, spec)
 
     def pid(self) -> int:
         return os.getpid()
@@ -43,6 +31,12 @@ class _EngineHost:
 
     def versions(self) -> dict[str, int]:
         return self.host.versions()
+
+    def sleep(self) -> None:
+        self.host.engine.sleep()
+
+    def wake(self) -> None:
+        self.host.engine.wake()
 
     def generate(
         self, key: str | None, prompts: list[str], params: SamplingParams, expect: int | None

@@ -32,6 +32,7 @@ from ray import serve
 
 from coalition import config as config_mod
 from coalition.config import ConfigError
+from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.records import Example
 
@@ -83,8 +84,7 @@ class VariantModels:
             lora_spec(cfg.variants.lora),
             "base",
             cfg.variants.count,
-            cfg.model.dtype,
-            cfg.generation.batch_size,
+            EngineSpec.of(cfg),
         )
         for k in range(cfg.variants.count):
             key = f"v{k}"

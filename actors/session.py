@@ -8,7 +8,11 @@ import os
 from coalition.config import Config
 
 # for actors and trainer workers: model-loading and dataset progress bars off
-QUIET = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+QUIET = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",  # vLLM logs each engine start and reload at INFO
+}
 
 
 def init_ray(cfg: Config) -> None:

@@ -15,6 +15,7 @@ from actors.resilient import Resilient, gather
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
+from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.team import Member, Team, adapter_of, check_members, host_name
 from coalition.training import State, StepSettings, lora_spec
@@ -56,8 +57,7 @@ class RayTeam(Team):
                 m.path,
                 self.mode if m.trained else "lora",
                 self.spec,
-                cfg.model.dtype,
-                cfg.generation.batch_size,
+                EngineSpec.of(cfg),
                 r.generator_cpus,
             )
             self._hosts[host] = Resilient(actor, f"generator[{m.name}]", r.max_retries, log)
@@ -118,7 +118,7 @@ class RayTeam(Team):
         member = self.trained(name)
         return train_with(
             self.cfg, self.trainers, name, member.path, self.mode, self.spec, self.storage,
-            kind, state, rows, s,
+            kind, state, rows, s, list(self._hosts.values()),
         )  # fmt: skip
 
     def push(self, name: str, state: State, version: int) -> None:

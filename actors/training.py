@@ -21,11 +21,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from actors.resilient import Resilient, gather
 from actors.session import QUIET
 from coalition.engines.base import LoraSpec
 from coalition.training import State, StepSettings, run_update, threads_for
@@ -327,9 +329,37 @@ def train_with(
     state: State | None,
     rows: list[dict[str, str]],
     settings: StepSettings,
+    generators: Sequence[Resilient] = (),
 ) -> tuple[State, dict[str, float]]:
     """One update of model ``key`` per ``ray.trainer``: on its persistent trainer (started on
-    first use and kept in ``trainers``), or on a fresh TorchTrainer."""
+    first use and kept in ``trainers``), or on a fresh TorchTrainer. With ``engine: vllm`` and
+    ``vllm.sleep_during_training``, the ``generators`` sleep while it runs (their GPU memory
+    goes to the trainer) and wake before it returns, whatever happens."""
+    sleep = cfg.engine == "vllm" and cfg.vllm.sleep_during_training and generators
+    if sleep:
+        gather([(g, "sleep", ()) for g in generators])
+    try:
+        return _update(
+            cfg, trainers, key, base_path, mode, spec, storage, kind, state, rows, settings
+        )
+    finally:
+        if sleep:
+            gather([(g, "wake", ()) for g in generators])
+
+
+def _update(
+    cfg: Any,
+    trainers: dict[str, PersistentTrainer],
+    key: str,
+    base_path: str,
+    mode: str,
+    spec: LoraSpec,
+    storage: Path,
+    kind: str,
+    state: State | None,
+    rows: list[dict[str, str]],
+    settings: StepSettings,
+) -> tuple[State, dict[str, float]]:
     r = cfg.ray
     if r.trainer == "persistent":
         if key not in trainers:

@@ -14,6 +14,7 @@ from actors.resilient import Resilient, gather
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
+from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.training import State, StepSettings, lora_spec
 from coalition.workers import Workers, scorer_keys, variant_key
@@ -42,7 +43,7 @@ class RayWorkers(Workers):
         self.tokenizer = AutoTokenizer.from_pretrained(base_path)
         self.chunk = cfg.ray.chunk_size
         r = cfg.ray
-        common = (base_path, self.mode, self.spec, cfg.model.dtype, cfg.generation.batch_size)
+        common = (base_path, self.mode, self.spec, EngineSpec.of(cfg))
         self.gens: dict[str, Resilient] = {}
         for k in range(cfg.variants.count):
             key = variant_key(k)
@@ -138,7 +139,7 @@ class RayWorkers(Workers):
     def train(self, kind: str, key: str, state: State | None, rows, settings: StepSettings):
         return train_with(
             self.cfg, self.trainers, key, self.base_path, self.mode, self.spec, self.storage,
-            kind, state, rows, settings,
+            kind, state, rows, settings, [*self.gens.values(), self.scorer],
         )  # fmt: skip
 
     def push(self, key: str, state: State, version: int) -> None:

@@ -256,6 +256,21 @@ class ServeConfig(_Strict):
     model_gpus: float = Field(0.0, ge=0.0)
 
 
+class VLLMConfig(_Strict):
+    """How ``engine: vllm`` starts vLLM (ignored by the HF engine)."""
+
+    # share of GPU memory for weights + KV cache; several engines (and a trainer) share a GPU
+    gpu_memory_utilization: float = Field(0.35, gt=0.0, le=1.0)
+    max_model_len: int = Field(2048, ge=16)
+    max_num_seqs: int = Field(256, ge=1)
+    max_loras: int = Field(4, ge=1)  # adapters resident at once
+    max_lora_rank: int = Field(16, ge=1)
+    enforce_eager: bool = False  # CUDA graphs off (always off on CPU)
+    # offload weights and drop the KV cache while a colocated trainer runs (GPU only)
+    sleep_during_training: bool = False
+    kv_cache_gib: int = Field(1, ge=1)  # CPU build only: KV cache size
+
+
 class BenchConfig(_Strict):
     """What ``jobs/bench.py`` measures."""
 
@@ -264,6 +279,12 @@ class BenchConfig(_Strict):
     run: str | None = None  # serve: the jobs/train.py run directory to serve
     requests: int = Field(200, ge=1)  # serve: requests per setting
     concurrency: int = Field(16, ge=1)  # serve: requests in flight at once
+    # gpu: random-weight model shapes (coalition.perf.SHAPES), DPO step size, timing repeats
+    shapes: list[str] = Field(default_factory=lambda: ["qwen2.5-0.5b", "qwen2.5-1.5b"])
+    dpo_batch: int = Field(8, ge=1)
+    dpo_seq: int = Field(512, ge=8)
+    dpo_steps: int = Field(6, ge=0)
+    repeats: int = Field(3, ge=1)
 
 
 class Config(_Strict):
@@ -271,7 +292,8 @@ class Config(_Strict):
 
     seed: int = 0
     run_dir: str | None = None
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from coalition import training
+from coalition.engines import EngineSpec
 from coalition.engines.base import Generation, LoraSpec, SamplingParams
-from coalition.engines.hf import HFEngine
 from coalition.records import Example, Prediction
 from coalition.training import State, StepSettings
 from coalition.variants import VariantHost
@@ -125,19 +125,20 @@ class LocalTeam(Team):
         members: Sequence[Member],
         mode: str,
         spec: LoraSpec,
-        dtype: str = "float32",
-        batch_size: int = 16,
+        engine: EngineSpec | None = None,
     ):
         self.members = check_members(members)
-        self.mode, self.spec, self.dtype = mode, spec, dtype
+        self.mode, self.spec = mode, spec
+        engine = engine or EngineSpec()
+        self.dtype = engine.dtype
         self._hosts: dict[str, VariantHost] = {}
         for m in self.members.values():
             host = host_name(m, mode)
             if host not in self._hosts:
-                engine = HFEngine.from_pretrained(
-                    m.path, dtype=dtype, batch_size=batch_size, progress=False
+                m_mode = mode if m.trained else "lora"
+                self._hosts[host] = VariantHost(
+                    engine.open(m.path, lora=m_mode == "lora"), m_mode, spec
                 )
-                self._hosts[host] = VariantHost(engine, mode if m.trained else "lora", spec)
         self._expected: dict[str, int] = {}
 
     def _host(self, name: str) -> VariantHost:

@@ -15,8 +15,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from coalition import training
+from coalition.engines import EngineSpec
 from coalition.engines.base import Generation, LoraSpec, SamplingParams
-from coalition.engines.hf import HFEngine
 from coalition.records import Example, Prediction
 from coalition.training import State, StepSettings
 from coalition.variants import VariantHost
@@ -110,12 +110,12 @@ class LocalWorkers(Workers):
         spec: LoraSpec,
         scorer: str,
         count: int,
-        dtype: str = "float32",
-        batch_size: int = 16,
+        engine: EngineSpec | None = None,
     ):
-        self.base_path, self.mode, self.spec, self.dtype = base_path, mode, spec, dtype
+        self.base_path, self.mode, self.spec = base_path, mode, spec
+        self.engine = engine or EngineSpec()
+        self.dtype = self.engine.dtype
         self.scorer_keys = scorer_keys(scorer, count)
-        self._batch_size = batch_size
         self._hosts: dict[str | None, VariantHost] = {}
         self._expected: dict[str, int] = {}
         base = self._new_host()
@@ -123,9 +123,7 @@ class LocalWorkers(Workers):
         self._hosts[None] = base
 
     def _new_host(self) -> VariantHost:
-        engine = HFEngine.from_pretrained(
-            self.base_path, dtype=self.dtype, batch_size=self._batch_size, progress=False
-        )
+        engine = self.engine.open(self.base_path, lora=self.mode == "lora")
         return VariantHost(engine, self.mode, self.spec)
 
     def _host(self, key: str | None) -> VariantHost:

@@ -9,6 +9,12 @@ round:  one COALITION round (generate → refine → score → pairs → DPO →
 serve:  the Ray Serve app of a trained run (``bench.run=<run_dir>``) over HTTP: throughput and
         p50/p95 latency of ``bench.requests`` requests, ``bench.concurrency`` at a time, with
         request batching (``serve.max_batch_size``) vs without (batch of 1).
+gpu:    on whatever device is there (named "gpu" for where it matters): for each random-weight
+        shape in ``bench.shapes``, generation tokens/s HF vs vLLM on the same prompts
+        (fixed-length outputs), our vLLM generator vs vLLM used directly (target ≥ 0.9×),
+        scorer tokens/s, full-weight push (target ≤ 0.15 s at 0.5B) and LoRA push (≤ 20 ms)
+        latency, and the DPO step time and MFU of our training path (target ≥ 35% at 0.5B
+        bf16 on an H100). vLLM parts run where vLLM is installed.
 Results go to ``run_dir/bench-<name>.json``; record figures in docs/benchmarks.md.
 """
 
@@ -24,14 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coalition import cli, prompts, tasks  # noqa: E402
-from coalition.engines import build_engine, sampling  # noqa: E402
+from coalition.engines import EngineSpec, build_engine, sampling  # noqa: E402
 from coalition.report import print_table  # noqa: E402
 from coalition.rundir import write_json  # noqa: E402
 
 
 def bench_engine(cfg) -> dict:
     task = tasks.from_config(cfg.task.model_copy(update={"n_test": cfg.bench.prompts}))
-    engine = build_engine(cfg.model, cfg.engine, cfg.generation.batch_size, progress=False)
+    engine = build_engine(cfg, progress=False)
     texts = [
         prompts.render(
             prompts.build("rationale", ex.question, task.answer_format), engine.tokenizer
@@ -125,8 +131,7 @@ def bench_round(cfg, run_dir: Path) -> dict:
             spec,
             cfg.scorer,
             cfg.variants.count,
-            cfg.model.dtype,
-            cfg.generation.batch_size,
+            EngineSpec.of(cfg),
         ),
     )
     init_ray(cfg)
@@ -212,6 +217,57 @@ def bench_serve(cfg) -> dict:
     }
 
 
+def bench_gpu(cfg, run_dir: Path) -> dict:
+    from coalition import perf
+    from coalition.config import ConfigError
+    from coalition.models import resolve
+
+    unknown = [s for s in cfg.bench.shapes if s not in perf.SHAPES]
+    if unknown:
+        raise ConfigError(
+            f"bench.shapes: unknown shape {unknown[0]!r}; allowed: {', '.join(perf.SHAPES)}"
+        )
+    b = cfg.bench
+    return perf.suite(
+        b.shapes,
+        run_dir,
+        EngineSpec.of(cfg),
+        perf.workload(b.prompts, b.new_tokens, b.repeats),
+        b.dpo_batch,
+        b.dpo_seq,
+        b.dpo_steps,
+        tokenizer_from=resolve("builtin:tiny"),
+    )
+
+
+def print_gpu(result: dict) -> None:
+    rows = []
+    for shape, r in result["shapes"].items():
+        for engine in ("hf", "vllm", "vllm_direct"):
+            if engine in r:
+                e = r[engine]
+                rows.append([
+                    shape, engine, e.get("generate_tokens_per_s", ""),
+                    e.get("score_tokens_per_s", ""), e.get("full_push_s", ""),
+                    e.get("lora_push_s", ""),
+                ])  # fmt: skip
+    print_table(["shape", "engine", "gen tok/s", "score tok/s", "full push s", "LoRA push s"], rows)
+    for shape, r in result["shapes"].items():
+        if "generator_vs_direct" in r:
+            print(
+                f"{shape}: our vLLM generator / vLLM direct = {r['generator_vs_direct']}x "
+                f"(target >= 0.9); vLLM / HF generate {r['vllm_vs_hf_generate']}x, "
+                f"score {r['vllm_vs_hf_score']}x"
+            )
+        if "dpo" in r:
+            d = r["dpo"]
+            print(
+                f"{shape}: DPO step {d['step_s']} s ({d['batch_size']}x2x{d['seq_len']} tokens), "
+                f"{d['tflops']} TFLOP/s, MFU {d['mfu']}"
+            )
+    print(f"device {result['device']} ({result['dtype']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in BENCHES:
@@ -232,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         **BENCHES[name](cfg, run_dir),
     }
     write_json(run_dir / f"bench-{name}.json", result)
-    if name == "engine":
+    if name == "gpu":
+        print_gpu(result)
+    elif name == "engine":
         print_table(
             ["mode", "tokens", "seconds", "tokens/s"],
             [
@@ -272,6 +330,7 @@ BENCHES = {
     "engine": lambda cfg, run_dir: bench_engine(cfg),
     "round": bench_round,
     "serve": lambda cfg, run_dir: bench_serve(cfg),
+    "gpu": bench_gpu,
 }
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def single(cfg: Config) -> int:
     task = tasks.from_config(cfg.task)
     examples = task.load(cfg.evaluate.split)
     run_dir = cli.prepare_run_dir(cfg, "evaluate")
-    engine = build_engine(cfg.model, cfg.engine, cfg.generation.batch_size)
+    engine = build_engine(cfg)
     start = time.perf_counter()
     preds = evaluate(
         engine,

@@ -2,30 +2,76 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+from coalition.config import VLLMConfig
 from coalition.engines.base import Engine, Generation, LoraSpec, SamplingParams, TokenScore
 
+ENGINES = ("hf", "vllm")
 
-def build_engine(
-    model_cfg, engine: str = "hf", batch_size: int = 16, progress: bool = True
-) -> Engine:
-    """The engine for a :class:`coalition.config.ModelConfig`, with its adapter if one is set."""
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine to start and how: what hosts (actors, in-process workers) need to open one
+    on any model path. Small and picklable, so it crosses actor boundaries."""
+
+    kind: str = "hf"
+    dtype: str = "float32"
+    device: str = "auto"
+    batch_size: int = 16
+    trust_remote_code: bool = False
+    progress: bool = False
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+    @classmethod
+    def of(cls, cfg: Any, progress: bool = False) -> EngineSpec:
+        """The engine a :class:`coalition.config.Config` asks for."""
+        return cls(
+            kind=cfg.engine,
+            dtype=cfg.model.dtype,
+            device=cfg.model.device,
+            batch_size=cfg.generation.batch_size,
+            trust_remote_code=cfg.model.trust_remote_code,
+            progress=progress,
+            vllm=cfg.vllm,
+        )
+
+    def open(self, path: str, lora: bool = True) -> Engine:
+        """An engine on ``path``; ``lora=False`` when it will only serve full weights."""
+        if self.kind == "hf":
+            from coalition.engines.hf import HFEngine
+
+            return HFEngine.from_pretrained(
+                path,
+                dtype=self.dtype,
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        if self.kind == "vllm":
+            from coalition.engines.vllm import VLLMEngine
+
+            return VLLMEngine.from_pretrained(
+                path,
+                dtype=self.dtype,
+                device=self.device,
+                trust_remote_code=self.trust_remote_code,
+                progress=self.progress,
+                options=self.vllm,
+                lora=lora,
+            )
+        raise ValueError(f"engine: {self.kind!r} is not an engine; allowed: {', '.join(ENGINES)}")
+
+
+def build_engine(cfg: Any, progress: bool = True) -> Engine:
+    """The engine a :class:`coalition.config.Config` asks for, on its model (and adapter)."""
     from coalition.models import resolve
 
-    path = resolve(model_cfg.name_or_path)
-    if engine != "hf":
-        raise ValueError(f"engine: {engine!r} is not available; allowed: hf")
-    from coalition.engines.hf import HFEngine
-
-    eng = HFEngine.from_pretrained(
-        path,
-        dtype=model_cfg.dtype,
-        device=model_cfg.device,
-        trust_remote_code=model_cfg.trust_remote_code,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    if model_cfg.adapter:
-        eng.load_adapter("default", model_cfg.adapter)
+    eng = EngineSpec.of(cfg, progress).open(resolve(cfg.model.name_or_path))
+    if cfg.model.adapter:
+        eng.load_adapter("default", cfg.model.adapter)
     return eng
 
 
@@ -41,7 +87,9 @@ def sampling(gen_cfg) -> SamplingParams:
 
 
 __all__ = [
+    "ENGINES",
     "Engine",
+    "EngineSpec",
     "Generation",
     "LoraSpec",
     "SamplingParams",

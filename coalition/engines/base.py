@@ -19,6 +19,7 @@ class SamplingParams:
     top_p: float = 1.0
     n: int = 1
     seed: int = 0
+    ignore_eos: bool = False  # always max_new_tokens tokens (benchmarks: equal work per engine)
 
     @property
     def greedy(self) -> bool:
@@ -67,6 +68,32 @@ class LoraSpec:
         )
 
 
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt; BOS is added only when the text does not already carry it. Both
+    engines tokenize through this, so they see exactly the same ids."""
+    bos = tokenizer.bos_token
+    add = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add)["input_ids"]
+
+
+def stop_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """The token ids that end a generation: the model's generation config's EOS ids plus the
+    tokenizer's EOS."""
+    ids = getattr(generation_config, "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def target_ids(tokenizer: Any, target: str) -> list[int]:
+    """Token ids of a scored target (no special tokens); an empty target is an error."""
+    ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} has no tokens")
+    return ids
+
+
 class Engine(ABC):
     """Generate and score with one base model and any number of named, versioned adapters."""
 
@@ -96,5 +123,16 @@ class Engine(ABC):
         """Install adapter ``name`` from a saved PEFT adapter directory."""
 
     @abstractmethod
+    def set_weights(self, state: dict[str, Any], version: int) -> None:
+        """Replace the base model's weights (``variants.mode: full``); served as "weights"."""
+
+    @abstractmethod
     def versions(self) -> dict[str, int]:
         """The version each installed adapter serves."""
+
+    def sleep(self) -> None:  # noqa: B027 - optional: engines without device memory do nothing
+        """Free accelerator memory (weights offloaded, caches dropped) so a trainer can use the
+        device; :meth:`wake` restores it. No-op where there is nothing to free."""
+
+    def wake(self) -> None:  # noqa: B027
+        """Undo :meth:`sleep`."""

@@ -16,7 +16,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from coalition.engines.base import Engine, Generation, LoraSpec, SamplingParams, TokenScore
+from coalition.engines.base import (
+    Engine,
+    Generation,
+    LoraSpec,
+    SamplingParams,
+    TokenScore,
+    prompt_ids,
+    stop_ids,
+    target_ids,
+)
 
 
 def pick_device(device: str) -> torch.device:
@@ -91,17 +100,10 @@ class HFEngine(Engine):
 
     @property
     def eos_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        return stop_ids(self.model.generation_config, self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt; BOS is added only when the text does not already carry it."""
-        bos = self.tokenizer.bos_token
-        add = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add)["input_ids"]
+        return prompt_ids(self.tokenizer, text)
 
     def _batches(self, order: list[int], what: str) -> Iterator[list[int]]:
         starts = range(0, len(order), self.batch_size)
@@ -159,6 +161,8 @@ class HFEngine(Engine):
                 # greedy decoding has one answer: transformers refuses n > 1 there, so decode
                 # once and repeat it (what vLLM returns for n greedy samples too)
                 draws = 1 if params.greedy else params.n
+                if params.ignore_eos:
+                    sample["min_new_tokens"] = params.max_new_tokens
                 out = model.generate(
                     input_ids=ids.to(self.device),
                     attention_mask=mask.to(self.device),
@@ -188,10 +192,7 @@ class HFEngine(Engine):
             raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
         pairs = []
         for prompt, target in zip(prompts, targets, strict=True):
-            t_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
-            if not t_ids:
-                raise ValueError(f"target {target!r} has no tokens")
-            pairs.append((self.encode(prompt), t_ids))
+            pairs.append((self.encode(prompt), target_ids(self.tokenizer, target)))
         order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
         results: list[TokenScore | None] = [None] * len(pairs)
         pad = self.tokenizer.pad_token_id
@@ -293,3 +294,16 @@ class HFEngine(Engine):
 
     def versions(self) -> dict[str, int]:
         return dict(self._versions)
+
+    def sleep(self) -> None:
+        """On a GPU, move the weights to host memory and release the cached blocks."""
+        if self.device.type == "cuda":
+            self._asleep_from = self.device
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+
+    def wake(self) -> None:
+        device = getattr(self, "_asleep_from", None)
+        if device is not None:
+            self.model.to(device)
+            self._asleep_from = None

@@ -15,6 +15,7 @@ from coalition.deliberation import (
     direct,
     oracle,
 )
+from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec, SamplingParams
 from coalition.evaluation import evaluate
 from coalition.suite import compare, rows, run_suite
@@ -40,7 +41,7 @@ def workers(tiny_path):
         LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")),
         "base",
         2,
-        batch_size=4,
+        EngineSpec(batch_size=4),
     )
     w.push("v0", lora_state(tiny_path, 1), 1)
     w.push("v1", lora_state(tiny_path, 2), 1)

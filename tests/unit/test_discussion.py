@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coalition.discussion import discuss, majority, seats
+from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec, SamplingParams
 from coalition.tasks import get_task
 from coalition.workers import LocalWorkers
@@ -39,7 +40,7 @@ class Recording:
 def workers(tiny_path):
     w = LocalWorkers(
         tiny_path, "lora", LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")), "base", 2,
-        batch_size=4,
+        EngineSpec(batch_size=4),
     )  # fmt: skip
     w.push("v0", lora_state(tiny_path, 1), 1)
     w.push("v1", lora_state(tiny_path, 2), 1)

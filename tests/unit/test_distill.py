@@ -9,6 +9,7 @@ import pytest
 
 from coalition import config as config_mod
 from coalition import warmup
+from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec
 from coalition.recipes.distill import Distill, TeacherSample, build_teacher, judge, members
 from coalition.records import Example
@@ -52,7 +53,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def team(cfg):
     spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    return LocalTeam(members(cfg), "lora", spec, batch_size=8)
+    return LocalTeam(members(cfg), "lora", spec, EngineSpec(batch_size=8))
 
 
 def test_a_local_teacher_run_trains_the_student(cfg, team, tmp_path):

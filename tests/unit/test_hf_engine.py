@@ -120,3 +120,9 @@ def test_greedy_with_several_samples_repeats_the_one_answer(tiny_engine):
     assert [len(o) for o in outs] == [3, 3]
     one = tiny_engine.generate(["a b", "c"], SamplingParams(max_new_tokens=5))
     assert all(x == g for o, (g,) in zip(outs, one, strict=True) for x in o)
+
+
+def test_ignore_eos_gives_fixed_length(tiny_engine):
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    outs = tiny_engine.generate(PROMPTS, params)
+    assert all(g[0].tokens == 10 and not g[0].finished for g in outs)

@@ -1,0 +1,58 @@
+"""jobs/bench.py gpu's measurements (coalition.perf) on the CPU with the tiny shape: the shapes
+are the real models' sizes, the suite runs our engine and training paths end to end, and its
+figures are consistent with the work it did."""
+
+from __future__ import annotations
+
+import pytest
+
+from coalition import perf
+from coalition.engines import EngineSpec
+
+
+@pytest.mark.parametrize(
+    "shape, params",
+    # published sizes of Qwen2.5-0.5B/1.5B and SmolLM2-135M (tied embeddings)
+    [("qwen2.5-0.5b", 494_032_768), ("qwen2.5-1.5b", 1_543_714_304), ("smollm2-135m", 134_515_008)],
+)
+def test_shapes_have_the_real_models_sizes(shape, params, tiny_path):
+    from transformers import AutoTokenizer
+
+    config = perf.shape_config(shape, AutoTokenizer.from_pretrained(tiny_path))
+    assert perf.param_count(config) == params
+
+
+def test_unknown_shape_names_the_allowed_ones(tiny_path):
+    with pytest.raises(ValueError, match="allowed: qwen2.5-0.5b"):
+        perf.shape_config("gpt-9", None)
+
+
+def test_peak_flops_by_device_name():
+    assert perf.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert perf.peak_flops("NVIDIA H200") == 989e12
+    assert perf.peak_flops("cpu") is None
+
+
+def test_suite_on_the_tiny_shape(tmp_path, tiny_path):
+    work = perf.workload(4, 8, repeats=1)
+    out = perf.suite(
+        ["tiny"], tmp_path, EngineSpec(batch_size=4), work, dpo_batch=2, dpo_seq=32,
+        dpo_steps=2, tokenizer_from=tiny_path, log=lambda _: None,
+    )  # fmt: skip
+    assert out["device"] == "cpu" and out["peak_flops"] is None
+    r = out["shapes"]["tiny"]
+    assert r["hf"]["generate_tokens_per_s"] > 0 and r["hf"]["score_tokens_per_s"] > 0
+    assert r["hf"]["full_push_s"] > 0
+    d = r["dpo"]
+    assert d["params"] == perf.param_count(perf.shape_config("tiny", _tok(tiny_path)))
+    assert d["steps_timed"] == 2 and d["step_s"] > 0 and d["mfu"] is None
+    # flops per second = tokens x (6N + attention) / step time
+    expected = 2 * 2 * 32 * (6 * d["params"] + 12 * 4 * 128 * 32) / d["step_s"] / 1e12
+    assert d["tflops"] == pytest.approx(expected, rel=0.02, abs=0.01)
+    assert not (tmp_path / "models" / "tiny-float32").exists()  # random weights cleaned up
+
+
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
