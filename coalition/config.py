@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -320,6 +320,17 @@ class Config(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     saie: SAIEConfig = Field(default_factory=SAIEConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @model_validator(mode="after")
+    def _vllm_fits_adapters(self) -> Config:
+        if self.engine == "vllm" and self.variants.mode == "lora":
+            r, cap = self.variants.lora.r, self.vllm.max_lora_rank
+            if r > cap:
+                raise ValueError(
+                    f"variants.lora.r={r} exceeds vllm.max_lora_rank={cap}; raise "
+                    "vllm.max_lora_rank (vLLM sizes its adapter slots by it)"
+                )
+        return self
 
 
 def _unknown(what: str, value: str, allowed: list[str]) -> str:

@@ -98,3 +98,20 @@ def test_new_recipe_sections_refuse_unknown_keys():
         config.load(None, ["teacher.sample=3"])
     with pytest.raises(ConfigError, match="saie.adversarial_ratio"):
         config.load(None, ["saie.adversarial_ratio=1.5"])
+
+
+def test_engine_choice_and_vllm_adapter_rank():
+    with pytest.raises(ConfigError, match="engine: Input should be 'hf' or 'vllm'"):
+        config.load(SMOKE, ["engine=vlm"])
+    with pytest.raises(ConfigError, match="variants.lora.r=32 exceeds vllm.max_lora_rank=16"):
+        config.load(SMOKE, ["engine=vllm", "variants.lora.r=32"])
+    assert config.load(SMOKE, ["engine=vllm", "vllm.max_lora_rank=32", "variants.lora.r=32"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    if "sweeps" in path.parts or path.name == "app.yaml":
+        pytest.skip("not a job config (sweep or Serve app)")
+    cfg = config.load(path)
+    if "gpu" in path.parts:
+        assert cfg.engine == "vllm"  # GPU recipes generate and score on vLLM
