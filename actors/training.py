@@ -339,44 +339,26 @@ def train_with(
     if sleep:
         gather([(g, "sleep", ()) for g in generators])
     try:
-        return _update(
-            cfg, trainers, key, base_path, mode, spec, storage, kind, state, rows, settings
+        r = cfg.ray
+        if r.trainer == "persistent":
+            if key not in trainers:
+                trainers[key] = persistent_trainer(cfg, key, base_path, mode, spec, storage)
+            return trainers[key].update(kind, state, rows, settings)
+        return train_update(
+            kind,
+            f"{kind}-{key}-{settings.seed}",
+            base_path,
+            mode,
+            spec,
+            state,
+            rows,
+            settings,
+            storage,
+            cfg.model.dtype,
+            r.train_workers,
+            r.train_cpus_per_worker,
+            r.train_use_gpu,
         )
     finally:
         if sleep:
             gather([(g, "wake", ()) for g in generators])
-
-
-def _update(
-    cfg: Any,
-    trainers: dict[str, PersistentTrainer],
-    key: str,
-    base_path: str,
-    mode: str,
-    spec: LoraSpec,
-    storage: Path,
-    kind: str,
-    state: State | None,
-    rows: list[dict[str, str]],
-    settings: StepSettings,
-) -> tuple[State, dict[str, float]]:
-    r = cfg.ray
-    if r.trainer == "persistent":
-        if key not in trainers:
-            trainers[key] = persistent_trainer(cfg, key, base_path, mode, spec, storage)
-        return trainers[key].update(kind, state, rows, settings)
-    return train_update(
-        kind,
-        f"{kind}-{key}-{settings.seed}",
-        base_path,
-        mode,
-        spec,
-        state,
-        rows,
-        settings,
-        storage,
-        cfg.model.dtype,
-        r.train_workers,
-        r.train_cpus_per_worker,
-        r.train_use_gpu,
-    )
