@@ -45,3 +45,16 @@ def lora_state(tiny_path: str, seed: int) -> dict:
         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
     return {k: v * 10 for k, v in get_peft_model_state_dict(model).items()}
+
+
+def two_variant_workers(tiny_path: str):
+    """In-process workers on the tiny model with variants v0 and v1 (random LoRA states, v1)."""
+    from coalition.engines import EngineSpec
+    from coalition.engines.base import LoraSpec
+    from coalition.workers import LocalWorkers
+
+    spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    w = LocalWorkers(tiny_path, "lora", spec, "base", 2, EngineSpec(batch_size=4))
+    w.push("v0", lora_state(tiny_path, 1), 1)
+    w.push("v1", lora_state(tiny_path, 2), 1)
+    return w

@@ -15,13 +15,11 @@ from coalition.deliberation import (
     direct,
     oracle,
 )
-from coalition.engines import EngineSpec
-from coalition.engines.base import LoraSpec, SamplingParams
+from coalition.engines.base import SamplingParams
 from coalition.evaluation import evaluate
 from coalition.suite import compare, rows, run_suite
 from coalition.tasks import get_task
-from coalition.workers import LocalWorkers
-from tests.conftest import lora_state
+from tests.conftest import two_variant_workers
 
 PARAMS = SamplingParams(max_new_tokens=12)
 SPEC = {
@@ -35,17 +33,7 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def workers(tiny_path):
-    w = LocalWorkers(
-        tiny_path,
-        "lora",
-        LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")),
-        "base",
-        2,
-        EngineSpec(batch_size=4),
-    )
-    w.push("v0", lora_state(tiny_path, 1), 1)
-    w.push("v1", lora_state(tiny_path, 2), 1)
-    return w
+    return two_variant_workers(tiny_path)
 
 
 @pytest.fixture(scope="module")
