@@ -12,6 +12,7 @@ from coalition.engines.base import LoraSpec, SamplingParams
 from coalition.records import Example
 from coalition.training import threads_for
 from coalition.variants import VariantHost
+from coalition.weightsync import Channel, Members
 
 
 class _EngineHost:
@@ -22,12 +23,23 @@ class _EngineHost:
 
         torch.set_num_threads(threads_for(cpus))
         self.host = VariantHost(engine.open(base_path, lora=mode == "lora"), mode, spec)
+        self.members = Members()
 
     def pid(self) -> int:
         return os.getpid()
 
     def install(self, key: str, state: dict[str, Any], version: int) -> int:
         return self.host.install(key, state, version)
+
+    def receive(self, key: str, channel: Channel, rank: int, version: int) -> int | None:
+        """Take part in a broadcast push of ``key``'s full weights as ``version``; returns the
+        version now served, or ``None`` when the sender had nothing to send."""
+        try:
+            state = self.members.get(key, channel, rank).receive(version)
+        except Exception:
+            self.members.drop(key)  # the group may be broken: the next push meets afresh
+            raise
+        return None if state is None else self.host.install(key, state, version)
 
     def versions(self) -> dict[str, int]:
         return self.host.versions()

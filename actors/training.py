@@ -31,6 +31,7 @@ from actors.resilient import Resilient, gather
 from actors.session import QUIET
 from coalition.engines.base import LoraSpec
 from coalition.training import State, StepSettings, run_update, threads_for
+from coalition.weightsync import Channel, Members, fingerprint
 
 STATE_FILE = "state.safetensors"
 # Ray Train routes every print of a worker to its logger, even prints a library captures for
@@ -187,7 +188,14 @@ def _serve_loop(config: dict[str, Any]) -> None:
     mailbox = config["mailbox"]
     rank = ray.train.get_context().get_world_rank()
     seq = ray.get(mailbox.hello.remote(rank, os.getpid()))
+    latest: State | None = None  # rank 0: the last update's state, for broadcast pushes
+    members = Members()
     while (request := ray.get(mailbox.take.remote(seq))) is not None:
+        if request["kind"] == "push":
+            if rank == 0:
+                ray.get(mailbox.finish.remote(seq, _send(members, request, latest)))
+            seq += 1
+            continue
         state = ray.get(request["state"]) if request["state"] is not None else None
         new_state, metrics = run_update(
             request["kind"],
@@ -201,9 +209,24 @@ def _serve_loop(config: dict[str, Any]) -> None:
             prepare=prepare_trainer,
         )
         if rank == 0:  # the driver fetches the state at once; the worker owns the object
+            latest = new_state
             ray.get(mailbox.finish.remote(seq, {"state": ray.put(new_state), "metrics": metrics}))
         ray.train.report({**metrics, "update": request["name"]})
         seq += 1
+
+
+def _send(members: Members, request: dict[str, Any], latest: State | None) -> dict[str, Any]:
+    """Broadcast the last update's state to the engines, if it is the one the driver wants
+    served (else announce nothing, and the driver uses the object store). Never raises: a
+    failed push must not take the trainer down."""
+    channel: Channel = request["channel"]
+    try:
+        member = members.get(request["key"], channel, 0)
+        fits = latest is not None and fingerprint(latest) == request["fingerprint"]
+        return {"sent": member.send(latest if fits else None, request["version"])}
+    except Exception as exc:  # noqa: BLE001 - reported to the driver, which falls back
+        members.drop(request["key"])
+        return {"sent": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
 @ray.remote(num_cpus=0)
@@ -280,12 +303,28 @@ class PersistentTrainer:
             "rows": rows,
             "settings": settings,
         }
-        seq = ray.get(self.mailbox.submit.remote(request))
+        out = self.wait(ray.get(self.mailbox.submit.remote(request)))
+        return ray.get(out["state"]), out["metrics"]
+
+    def push(self, key: str, channel: Channel, version: int, fingerprint: str) -> int:
+        """Ask rank 0 to broadcast its last state as ``version`` if its fingerprint matches;
+        returns the request's sequence number (:meth:`wait` for ``{"sent": …}``)."""
+        request = {
+            "kind": "push", "key": key, "channel": channel, "version": version,
+            "fingerprint": fingerprint,
+        }  # fmt: skip
+        return ray.get(self.mailbox.submit.remote(request))
+
+    def wait(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
+        """Request ``seq``'s result; raises if the trainer stopped or ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while (out := ray.get(self.mailbox.result.remote(seq, 2.0))) is None:
             done, _ = ray.wait([self.fit], timeout=0)
             if done:
                 raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
-        return ray.get(out["state"]), out["metrics"]
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"trainer {self.name}: request {seq} not done in {timeout}s")
+        return out
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the workers (they finish the update in flight) and the trainer."""

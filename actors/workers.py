@@ -17,7 +17,30 @@ from coalition.config import Config
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.training import State, StepSettings, lora_spec
+from coalition.weightsync import Channel, fingerprint
 from coalition.workers import Workers, scorer_keys, variant_key
+
+
+class PushChannels:
+    """The driver's rendezvous store for broadcast pushes (started on first use) and a fresh
+    channel name per group."""
+
+    def __init__(self, timeout_s: float, backend: str):
+        self.timeout_s, self.backend = timeout_s, backend
+        self._store: Any = None
+        self._count = 0
+
+    def channel(self, key: str, world: int) -> Channel:
+        from coalition.weightsync import host_store
+
+        if self._store is None:
+            self.host = ray.util.get_node_ip_address()
+            self._store = host_store(self.host, self.timeout_s)
+        self._count += 1
+        return Channel(
+            f"{key}-{self._count}", self.host, self._store.port, world, self.backend,
+            self.timeout_s,
+        )  # fmt: skip
 
 
 class RayWorkers(Workers):
@@ -62,6 +85,11 @@ class RayWorkers(Workers):
         ).remote(*common, r.scorer_cpus)
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
+        self.pushes = {"broadcast": 0}  # how many pushes went by broadcast (checks, summary)
+        self._channels: dict[str, Channel] = {}
+        self.push_channels = PushChannels(
+            r.push_timeout_s, "nccl" if r.train_use_gpu and r.generator_gpus > 0 else "gloo"
+        )
         self.trainers: dict[str, PersistentTrainer] = {}
         if (
             trainers and r.trainer == "persistent"
@@ -143,16 +171,52 @@ class RayWorkers(Workers):
         )  # fmt: skip
 
     def push(self, key: str, state: State, version: int) -> None:
-        ref = ray.put(state)  # one copy in the object store, shared by every receiving actor
         hosts = ([self.gens[key]] if key in self.gens else []) + (
             [self.scorer] if key in self.scorer_keys else []
         )
-        for host in hosts:
-            host.remember(f"state:{key}", "install", key, ref, version)
-        served = gather([(h, "install", (key, ref, version)) for h in hosts])
-        if any(v != version for v in served):
-            raise RuntimeError(f"{key}: pushed version {version}, actors serve {served}")
+        if self._broadcast(key, hosts, state, version):
+            # a restarted actor gets the state replayed through the object store
+            for host in hosts:
+                host.remember(f"state:{key}", "install", key, state, version)
+        else:
+            ref = ray.put(state)  # one copy in the object store, shared by every receiving actor
+            for host in hosts:
+                host.remember(f"state:{key}", "install", key, ref, version)
+            served = gather([(h, "install", (key, ref, version)) for h in hosts])
+            if any(v != version for v in served):
+                raise RuntimeError(f"{key}: pushed version {version}, actors serve {served}")
         self._expected[key] = version
+
+    def _broadcast(self, key: str, hosts: list[Resilient], state: State, version: int) -> bool:
+        """Push full weights straight from ``key``'s trainer to ``hosts`` (``ray.full_push``);
+        ``False`` when that cannot be done (the trainer lacks this state, or the broadcast
+        failed: then the caller uses the object store and the next broadcast meets afresh)."""
+        trainer = self.trainers.get(key)
+        if not (self.cfg.collective_push() and trainer is not None and hosts):
+            return False
+        channel = self._channels.get(key)
+        if channel is None or channel.world != len(hosts) + 1:
+            channel = self._channels[key] = self.push_channels.channel(key, len(hosts) + 1)
+        timeout = self.cfg.ray.push_timeout_s
+        seq = trainer.push(key, channel, version, fingerprint(state))
+        refs = [h.submit("receive", key, channel, rank, version) for rank, h in enumerate(hosts, 1)]
+        try:
+            served = ray.get(refs, timeout=2 * timeout + 30)
+            sent = trainer.wait(seq, timeout=2 * timeout + 30)
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back, meet afresh next time
+            self.log(f"[push] {key}: broadcast failed ({type(exc).__name__}: {exc}); object store")
+            self._channels.pop(key, None)
+            return False
+        if "error" in sent:
+            self.log(f"[push] {key}: broadcast failed ({sent['error']}); object store")
+            self._channels.pop(key, None)
+            return False
+        if not sent["sent"]:
+            return False  # the trainer holds another state (e.g. a resumed run's first push)
+        if any(v != version for v in served):
+            raise RuntimeError(f"{key}: broadcast version {version}, actors serve {served}")
+        self.pushes["broadcast"] += 1
+        return True
 
     def versions(self) -> dict[str, int]:
         return dict(self._expected)

@@ -218,6 +218,11 @@ class RayConfig(_Strict):
     # persistent: one long-lived TorchTrainer per model serves every update (no ~30 s start-up
     # per update); per_update: a fresh TorchTrainer each time (frees its GPUs in between)
     trainer: Literal["persistent", "per_update"] = "persistent"
+    # how full weights (variants.mode: full) reach the engines: via the object store, or
+    # broadcast from the persistent trainer's rank-0 worker (NCCL on GPUs, gloo on CPUs); auto:
+    # broadcast when trainer and generators have GPUs. LoRA adapters always go by object store.
+    full_push: Literal["auto", "object_store", "collective"] = "auto"
+    push_timeout_s: float = Field(120.0, gt=0.0)  # deadline of every wait of a broadcast push
     max_restarts: int = Field(3, ge=-1)
     max_retries: int = Field(3, ge=0)
     chunk_size: int = Field(32, ge=1)
@@ -331,6 +336,24 @@ class Config(_Strict):
                     "vllm.max_lora_rank (vLLM sizes its adapter slots by it)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _push_needs_persistent_trainer(self) -> Config:
+        if self.ray.full_push == "collective" and self.ray.trainer != "persistent":
+            raise ValueError(
+                "ray.full_push=collective broadcasts from the trainer that made the update; "
+                "it needs ray.trainer=persistent (allowed with per_update: object_store, auto)"
+            )
+        return self
+
+    def collective_push(self) -> bool:
+        """Whether full-weight pushes are broadcast (``ray.full_push``, resolved)."""
+        r = self.ray
+        if self.variants.mode != "full" or r.trainer != "persistent":
+            return False
+        if r.full_push == "auto":
+            return r.train_use_gpu and r.generator_gpus > 0
+        return r.full_push == "collective"
 
 
 def _unknown(what: str, value: str, allowed: list[str]) -> str:

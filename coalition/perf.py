@@ -189,6 +189,53 @@ def push_latency(
     return median_seconds(lambda: engine.set_weights(state, next(version)), repeats)
 
 
+def _receive_versions(channel: Any, versions: int, device: str, done: Any) -> None:
+    """A broadcast receiver in its own process (``broadcast_push``)."""
+    import torch
+
+    from coalition.weightsync import Member
+
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    member = Member(channel, 1)
+    for v in range(versions):
+        member.receive(v)
+    done.put(True)
+
+
+def broadcast_push(state: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """Median seconds to broadcast ``state`` to an engine in another process, as the trainer's
+    rank 0 does (``ray.full_push: collective``): NCCL from cuda:0 to cuda:1 where there are two
+    GPUs, gloo between host buffers on CPUs (one GPU: NCCL refuses two ranks on one device)."""
+    import multiprocessing as mp
+
+    import torch
+
+    from coalition.weightsync import Channel, Member, host_store
+
+    gpus = torch.cuda.device_count()
+    if gpus == 1:
+        return {"skipped": "one GPU: NCCL needs the receiver on another device"}
+    backend = "nccl" if gpus >= 2 else "gloo"
+    store = host_store("127.0.0.1", 120)
+    channel = Channel("bench", "127.0.0.1", store.port, 2, backend, 120)
+    ctx = mp.get_context("spawn")
+    done = ctx.Queue()
+    device = "cuda:1" if backend == "nccl" else "cpu"
+    proc = ctx.Process(target=_receive_versions, args=(channel, repeats + 1, device, done))
+    proc.start()
+    try:
+        sender = Member(channel, 0)
+        version = iter(range(repeats + 1))
+        seconds = median_seconds(lambda: sender.send(state, next(version)), repeats)
+        done.get(timeout=300)
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    return {"backend": backend, "seconds": round(seconds, 4)}
+
+
 def lora_state(path: Path, spec: LoraSpec, device: str, dtype: str) -> dict[str, Any]:
     """A random LoRA state of ``spec``'s shape for the model at ``path``."""
     import torch
@@ -323,6 +370,8 @@ def suite(
         res["hf"] = engine_speed(hf, work)
         state = full_state(path, device, dtype)
         res["hf"]["full_push_s"] = round(push_latency(hf, state, work.repeats, None), 4)
+        log(f"[bench] {shape}: broadcast push")
+        res["broadcast_push"] = broadcast_push(state, work.repeats)
         release(hf)
         if vllm_engine.available():
             log(f"[bench] {shape}: vLLM engine")

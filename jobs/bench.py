@@ -259,6 +259,11 @@ def print_gpu(result: dict) -> None:
                 f"(target >= 0.9); vLLM / HF generate {r['vllm_vs_hf_generate']}x, "
                 f"score {r['vllm_vs_hf_score']}x"
             )
+        b = r.get("broadcast_push", {})
+        if "seconds" in b:
+            print(f"{shape}: broadcast of the full weights ({b['backend']}) {b['seconds']} s")
+        elif b:
+            print(f"{shape}: broadcast push not measured ({b['skipped']})")
         if "dpo" in r:
             d = r["dpo"]
             print(

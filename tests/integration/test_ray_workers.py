@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from coalition import config
 from coalition.engines.base import SamplingParams
@@ -67,3 +68,44 @@ def test_generator_killed_mid_batch_loses_nothing(workers, tiny_path, ray_sessio
     assert result["v0"] == expected  # every prompt answered, by the same version, in order
     assert ray_session.get(handle.actor.pid.remote()) != old_pid  # it really was restarted
     assert workers.actor_versions()["v0"] == {"v0": 1}  # and its pushed state was replayed
+
+
+def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp_path):
+    """``ray.full_push=collective``: the persistent trainer's rank 0 broadcasts the state it just
+    trained (also when the driver pushes it back from its checkpoint); a state the trainer does
+    not hold goes by the object store. Either way every actor serves the same weights."""
+    from safetensors.torch import load_file, save_file
+
+    from actors.workers import RayWorkers
+    from coalition.engines.hf import HFEngine
+    from coalition.training import StepSettings
+
+    cfg = config.load(
+        SMOKE, ["variants.mode=full", "scorer=base", "ray.full_push=collective", "ray.chunk_size=4"]
+    )
+    logs: list[str] = []
+    w = RayWorkers(cfg, tiny_path, tmp_path / "train", log=logs.append)
+    try:
+        rows = [
+            {"prompt": f"Question: {i} + 1?\nAnswer:", "completion": f" {i + 1}."} for i in range(8)
+        ]
+        state, _ = w.train("sft", "v0", None, rows, StepSettings(lr=1e-2, batch_size=4, seed=1))
+        save_file(state, str(tmp_path / "v0.safetensors"))
+        w.push("v0", load_file(str(tmp_path / "v0.safetensors")), 1)  # read back: same state
+        assert w.pushes["broadcast"] == 1, logs
+        assert w.actor_versions()["v0"] == {"v0": 1}
+
+        prompts = [f"Question: {i} + {i}?" for i in range(4)]
+        params = SamplingParams(max_new_tokens=8)
+        local = HFEngine.from_pretrained(tiny_path, device="cpu", batch_size=4, progress=False)
+        local.set_weights(state, 1)
+        assert w.generate({"v0": prompts}, params)["v0"] == local.generate(prompts, params)
+
+        other = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                 for k, v in state.items()}  # fmt: skip
+        w.push("v0", other, 2)  # not the trainer's state: object store
+        assert w.pushes["broadcast"] == 1 and w.actor_versions()["v0"] == {"v0": 2}
+        local.set_weights(other, 2)
+        assert w.generate({"v0": prompts}, params)["v0"] == local.generate(prompts, params)
+    finally:
+        w.close()

@@ -108,6 +108,17 @@ def test_engine_choice_and_vllm_adapter_rank():
     assert config.load(SMOKE, ["engine=vllm", "vllm.max_lora_rank=32", "variants.lora.r=32"])
 
 
+def test_full_push_resolution_and_its_trainer_requirement():
+    with pytest.raises(ConfigError, match="ray.full_push=collective.*ray.trainer=persistent"):
+        config.load(SMOKE, ["ray.full_push=collective", "ray.trainer=per_update"])
+    full = ["variants.mode=full", "scorer=base"]
+    assert not config.load(SMOKE, full).collective_push()  # auto on CPUs: object store
+    assert config.load(SMOKE, [*full, "ray.full_push=collective"]).collective_push()
+    gpus = ["ray.train_use_gpu=true", "ray.generator_gpus=0.5"]
+    assert config.load(SMOKE, [*full, *gpus]).collective_push()  # auto with GPUs: broadcast
+    assert not config.load(SMOKE, gpus).collective_push()  # LoRA: always the object store
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     if "sweeps" in path.parts or path.name == "app.yaml":

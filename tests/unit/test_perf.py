@@ -43,6 +43,7 @@ def test_suite_on_the_tiny_shape(tmp_path, tiny_path):
     r = out["shapes"]["tiny"]
     assert r["hf"]["generate_tokens_per_s"] > 0 and r["hf"]["score_tokens_per_s"] > 0
     assert r["hf"]["full_push_s"] > 0
+    assert r["broadcast_push"]["backend"] == "gloo" and r["broadcast_push"]["seconds"] > 0
     d = r["dpo"]
     assert d["params"] == perf.param_count(perf.shape_config("tiny", _tok(tiny_path)))
     assert d["steps_timed"] == 2 and d["step_s"] > 0 and d["mfu"] is None
