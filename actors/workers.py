@@ -3,6 +3,7 @@ weights pushed through the object store (versioned, confirmed by each actor)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,7 @@ class RayWorkers(Workers):
         if channel is None or channel.world != len(hosts) + 1:
             channel = self._channels[key] = self.push_channels.channel(key, len(hosts) + 1)
         timeout = self.cfg.ray.push_timeout_s
+        start = time.monotonic()
         seq = trainer.push(key, channel, version, fingerprint(state))
         refs = [h.submit("receive", key, channel, rank, version) for rank, h in enumerate(hosts, 1)]
         try:
@@ -216,6 +218,7 @@ class RayWorkers(Workers):
         if any(v != version for v in served):
             raise RuntimeError(f"{key}: broadcast version {version}, actors serve {served}")
         self.pushes["broadcast"] += 1
+        self.log(f"[push] {key}: broadcast from its trainer in {time.monotonic() - start:.2f}s")
         return True
 
     def versions(self) -> dict[str, int]:
