@@ -123,7 +123,9 @@ class Member:
         c = self.channel
         if c.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
-            opts._timeout = self.timeout
+            # past our own deadline: we abort the group first, before NCCL's watchdog would
+            # tear the whole process (a generator actor, a trainer worker) down
+            opts._timeout = 2 * self.timeout
             torch.cuda.set_device(torch.cuda.current_device())
             return dist.ProcessGroupNCCL(self.store, self.rank, c.world, opts)
         return dist.ProcessGroupGloo(self.store, self.rank, c.world, self.timeout)
