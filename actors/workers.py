@@ -18,7 +18,7 @@ from coalition.config import Config
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.training import State, StepSettings, lora_spec
-from coalition.weightsync import Channel, fingerprint
+from coalition.weightsync import Channel, fingerprint, host_store
 from coalition.workers import Workers, scorer_keys, variant_key
 
 
@@ -29,11 +29,10 @@ class PushChannels:
     def __init__(self, timeout_s: float, backend: str):
         self.timeout_s, self.backend = timeout_s, backend
         self._store: Any = None
+        self.host = ""
         self._count = 0
 
     def channel(self, key: str, world: int) -> Channel:
-        from coalition.weightsync import host_store
-
         if self._store is None:
             self.host = ray.util.get_node_ip_address()
             self._store = host_store(self.host, self.timeout_s)
@@ -86,7 +85,7 @@ class RayWorkers(Workers):
         ).remote(*common, r.scorer_cpus)
         self.scorer = Resilient(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
-        self.pushes = {"broadcast": 0}  # how many pushes went by broadcast (checks, summary)
+        self.pushes = {"broadcast": 0}  # how many pushes went by broadcast (for checks)
         self._channels: dict[str, Channel] = {}
         self.push_channels = PushChannels(
             r.push_timeout_s, "nccl" if r.train_use_gpu and r.generator_gpus > 0 else "gloo"
