@@ -312,6 +312,9 @@ class Config(_Strict):
     samples: int = Field(1, ge=1)
     refine: Literal["cross", "self", "none"] = "cross"
     filter: bool = True
+    # with the filter on, also drop pairs whose chosen side has U below this floor (0: the
+    # paper's filter alone); keeps best-of-wrong rationales from being taught as preferred
+    filter_min_utility: float = Field(0.0, ge=0.0, le=1.0)
     scorer: Literal["ift_all", "variants_mean", "base"] = "variants_mean"
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)

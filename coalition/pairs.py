@@ -3,7 +3,10 @@
 Generation pair: best vs worst rationale the variants wrote for a question; kept (with the
 filter on) only if U(best) > U0 and U(best) > U(worst). Refinement pair: best vs worst
 refinement of a guide's draft; kept only if U(best) > U(draft) and U(best) > U(worst) — with a
-single refinement (``refine: self``) the draft itself is the rejected side.
+single refinement (``refine: self``) the draft itself is the rejected side. With a
+``min_utility`` floor (``filter_min_utility``), the filter also drops pairs whose chosen side
+does not make the gold answer likely: a best-of-wrong rationale that merely beats U0 would
+otherwise be taught as the preferred one (and, with the NLL term, imitated).
 The question pool is split into 2K disjoint parts: variant k takes generation pairs from part
 2k and refinement pairs from part 2k+1.
 """
@@ -76,7 +79,9 @@ def _extremes(cands: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
     return ranked[0], ranked[-1]
 
 
-def select_generation(cands: Sequence[Candidate], u0: float, use_filter: bool = True) -> Decision:
+def select_generation(
+    cands: Sequence[Candidate], u0: float, use_filter: bool = True, min_utility: float = 0.0
+) -> Decision:
     """Best vs worst of the variants' rationales for one question."""
     if len(cands) < 2:
         return Decision(None, None, "too_few_candidates")
@@ -85,11 +90,16 @@ def select_generation(cands: Sequence[Candidate], u0: float, use_filter: bool = 
         return Decision(best, worst, "tie")
     if use_filter and _utility(best) <= u0:
         return Decision(best, worst, "best_not_above_u0")
+    if use_filter and _utility(best) < min_utility:
+        return Decision(best, worst, "best_below_min_utility")
     return Decision(best, worst, "kept")
 
 
 def select_refinement(
-    refinements: Sequence[Candidate], draft: Candidate, use_filter: bool = True
+    refinements: Sequence[Candidate],
+    draft: Candidate,
+    use_filter: bool = True,
+    min_utility: float = 0.0,
 ) -> Decision:
     """Best vs worst refinement of ``draft`` (the draft is the rejected side if only one)."""
     if not refinements:
@@ -100,6 +110,8 @@ def select_refinement(
         return Decision(best, worst, "tie")
     if use_filter and _utility(best) <= _utility(draft):
         return Decision(best, worst, "best_not_above_draft")
+    if use_filter and _utility(best) < min_utility:
+        return Decision(best, worst, "best_below_min_utility")
     return Decision(best, worst, "kept")
 
 

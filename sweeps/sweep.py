@@ -224,7 +224,15 @@ def init_ray(sweep: S.SweepConfig, needs: list[S.TrialResources]) -> None:
             f"a trial needs {gpus:g} GPUs and a local Ray has none; run on a GPU cluster "
             "(ray.address / RAY_ADDRESS, or ray job submit) or use a CPU sweep"
         )
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    from actors.session import quiet_workers
+
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"worker_process_setup_hook": quiet_workers},
+    )
 
 
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")

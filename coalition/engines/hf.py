@@ -4,6 +4,12 @@ Generation is batched with left padding (prompts sorted by length so batches pad
 scoring concatenates prompt and target token ids and reads the target's log-probs in one
 forward pass per batch. Several LoRA adapters live on one frozen base (PEFT), one chosen per
 call; ``adapter=None`` runs the base with adapters disabled.
+
+On a CPU, generation with an adapter runs on merged weights (W + scale·B·A, computed once per
+installed version and swapped in for the call; the base weights are never modified): unmerged
+LoRA adds two small matmuls and dtype casts to every adapted layer at every decoding step, and
+on a CPU those per-op costs, not FLOPs, bound decoding (measured ~1.7× faster on SmolLM2).
+Scoring keeps PEFT's unmerged forward, the one training computes.
 """
 
 from __future__ import annotations
@@ -73,6 +79,10 @@ class HFEngine(Engine):
             tokenizer.pad_token = tokenizer.eos_token
         self._versions: dict[str, int] = {}
         self._peft: Any = None  # PeftModel once the first adapter is installed
+        # generation on merged weights (see the module docstring): CPU only, since on a GPU
+        # the extra copy of every adapted weight costs memory the small matmuls do not
+        self.merge_for_generation = self.device.type == "cpu"
+        self._merged: tuple[str, int, dict[str, torch.Tensor]] | None = None  # the last one
 
     @classmethod
     def from_pretrained(
@@ -128,6 +138,47 @@ class HFEngine(Engine):
         self._peft.set_adapter(adapter)
         yield self._peft
 
+    def _merged_weights(self, adapter: str) -> dict[str, torch.Tensor]:
+        """Every adapted layer's merged weight for ``adapter`` at its installed version (kept
+        for the last adapter used, so a generator serving one variant merges once per push)."""
+        from peft.tuners.lora import LoraLayer
+
+        version = self._versions[adapter]
+        if self._merged is not None and self._merged[:2] == (adapter, version):
+            return self._merged[2]
+        self._merged = None  # free the previous merge before building the next
+        merged = {}
+        for name, module in self._peft.named_modules():
+            if isinstance(module, LoraLayer) and adapter in module.lora_A:
+                base = module.get_base_layer().weight
+                delta = module.get_delta_weight(adapter)
+                merged[name] = (base.float() + delta.float()).to(base.dtype)
+        self._merged = (adapter, version, merged)
+        return merged
+
+    @contextlib.contextmanager
+    def _generating(self, adapter: str | None) -> Iterator[Any]:
+        """The module to generate with: merged weights swapped in (adapters disabled) when
+        ``merge_for_generation``, else the unmerged adapter; base weights restored after."""
+        if adapter is None or not self.merge_for_generation or self._peft is None:
+            with self._using(adapter) as model:
+                yield model
+            return
+        with self._using(adapter) as model:  # checks the adapter is installed
+            merged = self._merged_weights(adapter)
+        layers = dict(self._peft.named_modules())
+        originals = {}
+        try:
+            with self._peft.disable_adapter():
+                for name, weight in merged.items():
+                    base = layers[name].get_base_layer()
+                    originals[name] = base.weight.data
+                    base.weight.data = weight
+                yield model
+        finally:
+            for name, weight in originals.items():
+                layers[name].get_base_layer().weight.data = weight
+
     # ------------------------------------------------------------------ generate
 
     @torch.inference_mode()
@@ -139,7 +190,7 @@ class HFEngine(Engine):
         results: list[list[Generation]] = [[] for _ in prompts]
         pad = self.tokenizer.pad_token_id
         eos = set(self.eos_ids)
-        with self._using(adapter) as model:
+        with self._generating(adapter) as model:
             for b, batch in enumerate(self._batches(order, "generate")):
                 width = max(len(encoded[i]) for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -266,6 +317,7 @@ class HFEngine(Engine):
             raise ValueError(f"adapter {name!r}: state has keys the model lacks: {unexpected[:3]}")
         self._peft.eval()
         self._versions[name] = version
+        self._merged = None
 
     def load_adapter(self, name: str, path: str, version: int = 0) -> None:
         from peft import PeftModel
@@ -278,6 +330,7 @@ class HFEngine(Engine):
             self._peft.load_adapter(path, adapter_name=name)
             self._peft.eval()
         self._versions[name] = version
+        self._merged = None
 
     def set_weights(self, state: dict[str, Any], version: int) -> None:
         """Replace the base model's weights (``variants.mode: full``); reported as "weights"."""

@@ -205,10 +205,11 @@ class Run(Recipe):
             (by_qid if c.stage == "generate" else refs).setdefault(c.qid, []).append(c)
         # the draft a guide hands on for refinement is its first sample
         drafts = {(c.qid, c.variant): c for cs in by_qid.values() for c in cs if c.sample == 0}
+        floor = self.cfg.filter_min_utility
         kept: list[P.Pair] = []
         reasons: dict[str, Counter] = {key: Counter() for key in self.keys}
         for qid, k in sorted(gen_owner.items()):
-            d = P.select_generation(by_qid[qid], u0[qid], self.cfg.filter)
+            d = P.select_generation(by_qid[qid], u0[qid], self.cfg.filter, floor)
             reasons[self.keys[k]][f"generate:{d.reason}"] += 1
             if d.kept:
                 kept.append(self._pair(k, "generate", self.render("rationale", pool[qid]), d))
@@ -216,7 +217,7 @@ class Run(Recipe):
             for qid, k in sorted(ref_owner.items()):
                 guide = P.guide_of(k, self.K, self.cfg.refine)
                 draft = drafts[(qid, guide)]
-                d = P.select_refinement(refs.get(qid, []), draft, self.cfg.filter)
+                d = P.select_refinement(refs.get(qid, []), draft, self.cfg.filter, floor)
                 reasons[self.keys[k]][f"refine:{d.reason}"] += 1
                 if d.kept:
                     kept.append(

@@ -126,3 +126,35 @@ def test_ignore_eos_gives_fixed_length(tiny_engine):
     params = SamplingParams(max_new_tokens=10, ignore_eos=True)
     outs = tiny_engine.generate(PROMPTS, params)
     assert all(g[0].tokens == 10 and not g[0].finished for g in outs)
+
+
+def test_generation_on_merged_weights_equals_unmerged(tiny_engine):
+    """On a CPU an adapter generates on merged weights: same greedy outputs as PEFT's unmerged
+    forward (fp32), the base weights untouched, and a new version is merged anew."""
+    spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj", "up_proj"))
+    params = SamplingParams(max_new_tokens=12)
+    assert tiny_engine.merge_for_generation  # the fixture runs on the CPU
+    base_weights = {k: v.clone() for k, v in tiny_engine.model.state_dict().items()}
+    base_out = tiny_engine.generate(PROMPTS, params)
+    tiny_engine.set_adapter("x", _random_lora_state(tiny_engine, spec, 1), version=1, spec=spec)
+    tiny_engine.set_adapter("y", _random_lora_state(tiny_engine, spec, 2), version=1, spec=spec)
+
+    def both(adapter):
+        tiny_engine.merge_for_generation = False
+        unmerged = tiny_engine.generate(PROMPTS, params, adapter=adapter)
+        tiny_engine.merge_for_generation = True
+        return unmerged, tiny_engine.generate(PROMPTS, params, adapter=adapter)
+
+    x_unmerged, x_merged = both("x")
+    assert x_merged == x_unmerged and x_merged != base_out
+    y_unmerged, y_merged = both("y")  # switching adapters re-merges
+    assert y_merged == y_unmerged and y_merged != x_merged
+    tiny_engine.set_adapter("x", _random_lora_state(tiny_engine, spec, 3), version=2, spec=spec)
+    x2_unmerged, x2_merged = both("x")
+    assert x2_merged == x2_unmerged and x2_merged != x_merged
+    # the base itself: weights bit-identical, outputs as before any adapter
+    assert tiny_engine.generate(PROMPTS, params) == base_out
+    after = tiny_engine.model.state_dict()
+    for name, weight in base_weights.items():
+        key = name if name in after else name.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after[key], weight), name

@@ -18,6 +18,21 @@ def test_generation_pair_best_vs_worst_and_filter():
     assert P.select_generation(cands, u0=0.9, use_filter=False).kept
 
 
+def test_min_utility_floor_drops_pairs_whose_chosen_side_is_unlikely():
+    # best 0.4 beats U0 = 0.1 and the worst, but stays under a 0.5 floor: a best-of-wrong pair
+    cands = [cand(0, 0.05), cand(1, 0.4)]
+    assert P.select_generation(cands, u0=0.1).kept
+    assert P.select_generation(cands, u0=0.1, min_utility=0.5).reason == "best_below_min_utility"
+    assert P.select_generation(cands, u0=0.1, min_utility=0.4).kept  # the floor is inclusive
+    assert P.select_generation(cands, u0=0.1, use_filter=False, min_utility=0.5).kept
+    draft = cand(1, 0.1, "draft")
+    refs = [cand(0, 0.3, "a", "refine", 1), cand(1, 0.2, "b", "refine", 1)]
+    assert P.select_refinement(refs, draft).kept
+    d = P.select_refinement(refs, draft, min_utility=0.5)
+    assert d.reason == "best_below_min_utility"
+    assert P.select_refinement(refs, draft, use_filter=False, min_utility=0.5).kept
+
+
 def test_generation_ties_and_too_few():
     assert P.select_generation([cand(0, 0.3), cand(1, 0.3)], u0=0.0).reason == "tie"
     assert P.select_generation([cand(0, 0.9, "same"), cand(1, 0.1, "same")], u0=0.0).reason == "tie"
