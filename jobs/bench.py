@@ -3,7 +3,9 @@
     python jobs/bench.py engine [--config configs/X.yaml] [key=value ...]
 
 engine: HF engine batched vs one-by-one generation tokens/s on ``bench.prompts`` prompts
-        (target: batched ≥ 5× one-by-one at 32 prompts).
+        (target: batched ≥ 5× one-by-one at 32 prompts); and, with a random LoRA adapter of
+        the config's shape, batched generation on merged weights vs PEFT's unmerged forward
+        (fixed-length outputs, so both do the same work).
 round:  one COALITION round (generate → refine → score → pairs → DPO → push → evaluate)
         through Ray actors and Ray Train vs the same round in one process (target ≤ 1.15×).
 serve:  the Ray Serve app of a trained run (``bench.run=<run_dir>``) over HTTP: throughput and
@@ -55,6 +57,7 @@ def bench_engine(cfg) -> dict:
     t_single, n_single = timed(lambda: [engine.generate([t], params)[0] for t in texts])
     t_batch, n_batch = timed(lambda: engine.generate(texts, params))
     single_tps, batch_tps = n_single / t_single, n_batch / t_batch
+    lora = _bench_lora(cfg, engine, texts, replace(params, ignore_eos=True), timed)
     return {
         "prompts": len(texts),
         "batch_size": engine.batch_size,
@@ -71,7 +74,37 @@ def bench_engine(cfg) -> dict:
         },
         "ratio": round(batch_tps / single_tps, 2),
         "target": ">= 5",
+        **lora,
     }
+
+
+def _bench_lora(cfg, engine, texts, params, timed) -> dict:
+    """Batched generation with an adapter: merged weights vs unmerged (HF engine only)."""
+    if not hasattr(engine, "merge_for_generation"):
+        return {}
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    from coalition.training import lora_spec
+
+    spec = lora_spec(cfg.variants.lora)
+    torch.manual_seed(cfg.seed)
+    probe = get_peft_model(type(engine.model)(engine.model.config), spec.peft_config())
+    state = {k: torch.randn_like(v) * 0.01 for k, v in get_peft_model_state_dict(probe).items()}
+    engine.set_adapter("bench", state, 1, spec)
+    out = {}
+    for merged in (False, True):
+        engine.merge_for_generation = merged
+        seconds, tokens = timed(lambda: engine.generate(texts, params, adapter="bench"))
+        out["lora_merged" if merged else "lora_unmerged"] = {
+            "seconds": round(seconds, 3),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+        }
+    out["merge_ratio"] = round(
+        out["lora_merged"]["tokens_per_s"] / out["lora_unmerged"]["tokens_per_s"], 2
+    )
+    return out
 
 
 def bench_round(cfg, run_dir: Path) -> dict:
@@ -300,10 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             ["mode", "tokens", "seconds", "tokens/s"],
             [
                 [m, result[m]["tokens"], result[m]["seconds"], result[m]["tokens_per_s"]]
-                for m in ("one_by_one", "batched")
+                for m in ("one_by_one", "batched", "lora_unmerged", "lora_merged")
+                if m in result
             ],
         )
         print(f"batched / one-by-one = {result['ratio']}x  (target {result['target']});  {run_dir}")
+        if "merge_ratio" in result:
+            print(f"LoRA merged / unmerged = {result['merge_ratio']}x")
     elif name == "serve":
         keys = ["max_batch_size", "errors", "seconds", "throughput_rps", "p50_ms", "p95_ms"]
         print_table(

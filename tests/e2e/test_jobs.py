@@ -33,6 +33,9 @@ def test_bench_engine_smoke(tmp_path):
     result = json.loads((tmp_path / "bench-engine.json").read_text())
     assert result["prompts"] == 8 and result["ratio"] > 0
     assert result["batched"]["tokens"] > 0 and result["one_by_one"]["tokens"] > 0
+    # fixed-length outputs: merged and unmerged LoRA generation do the same work
+    assert result["lora_merged"]["tokens"] == result["lora_unmerged"]["tokens"] > 0
+    assert result["merge_ratio"] > 0
 
 
 @pytest.mark.slow
