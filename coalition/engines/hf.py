@@ -8,7 +8,8 @@ call; ``adapter=None`` runs the base with adapters disabled.
 On a CPU, generation with an adapter runs on merged weights (W + scale·B·A, computed once per
 installed version and swapped in for the call; the base weights are never modified): unmerged
 LoRA adds two small matmuls and dtype casts to every adapted layer at every decoding step, and
-on a CPU those per-op costs, not FLOPs, bound decoding (measured ~1.7× faster on SmolLM2).
+on a CPU those per-op costs, not FLOPs, bound decoding (1.3× faster on SmolLM2 in
+``jobs/bench.py engine``).
 Scoring keeps PEFT's unmerged forward, the one training computes.
 """
 
@@ -164,7 +165,7 @@ class HFEngine(Engine):
             with self._using(adapter) as model:
                 yield model
             return
-        with self._using(adapter) as model:  # checks the adapter is installed
+        with self._using(adapter):  # checks the adapter is installed
             merged = self._merged_weights(adapter)
         layers = dict(self._peft.named_modules())
         originals = {}
@@ -174,7 +175,7 @@ class HFEngine(Engine):
                     base = layers[name].get_base_layer()
                     originals[name] = base.weight.data
                     base.weight.data = weight
-                yield model
+                yield self._peft
         finally:
             for name, weight in originals.items():
                 layers[name].get_base_layer().weight.data = weight
