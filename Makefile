@@ -14,7 +14,6 @@ TORCH_SPEC := torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?= -q
 export RAY_USAGE_STATS_ENABLED ?= 0
-export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

@@ -72,6 +72,29 @@ class Resilient:
                 delay = min(2 * delay, 5.0)
 
 
+def started(handles: Sequence[Resilient], timeout: float) -> None:
+    """Wait until every actor has started (its model loaded); past ``timeout`` say which did
+    not and what Ray has free, instead of letting the first call wait forever."""
+    from coalition.preflight import ResourceTimeout
+
+    pending = {h.name: h.submit("pid") for h in handles}
+    ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=timeout)
+    late = [name for name, ref in pending.items() if ref not in ready]
+    if late:
+        raise ResourceTimeout(
+            f"{', '.join(late)} did not start within {timeout:.0f}s (ray.start_timeout_s); "
+            f"{free_resources()}: the cluster is too small for the run or busy with other work"
+        )
+    ray.get(ready)  # an actor that failed to start raises its error here
+
+
+def free_resources() -> str:
+    have, free = ray.cluster_resources(), ray.available_resources()
+    return f"Ray has {free.get('CPU', 0):g} of {have.get('CPU', 0):g} CPUs free" + (
+        f" and {free.get('GPU', 0):g} of {have.get('GPU', 0):g} GPUs" if have.get("GPU") else ""
+    )
+
+
 def gather(calls: Sequence[tuple[Resilient, str, tuple[Any, ...]]]) -> list[Any]:
     """Submit every call first (so different actors work in parallel), then collect each with
     its own retry."""

@@ -10,17 +10,21 @@ Two deployments:
   suite measures — with the models reached through their deployment handle.
 
 API: ``POST /v1/solve`` {question, options?} → answer, rationale, who generated and refined,
-version, latency; ``GET /healthz``; ``GET /v1/info``; OpenAPI at ``/docs``.
+version, latency; ``GET /healthz``; ``GET /v1/info``; OpenAPI at ``/docs``. Every request but
+health and docs passes :class:`Guard` first: the bearer token is checked and the body capped
+before anything reads or parses it.
 """
 
 # no `from __future__ import annotations`: FastAPI resolves the route annotations at runtime
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,6 @@ from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.records import Example
 
-TOKEN_ENV = "COALITION_SERVE_TOKEN"
 log = logging.getLogger("coalition.serve")
 
 
@@ -127,6 +130,92 @@ app = FastAPI(
 )
 
 
+@dataclass
+class GuardSettings:
+    """What :class:`Guard` enforces; set by the Deliberator replica from its config (through a
+    runtime import: Serve runs a pickled copy of the app and of the deployment class, so only
+    this module's own globals are shared between the two)."""
+
+    token: str | None = None
+    max_body: int = 65536
+
+
+GUARD = GuardSettings()
+
+
+PUBLIC = {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+
+
+class Guard:
+    """ASGI middleware on every route but the :data:`PUBLIC` ones: a missing or wrong bearer token is a 401 and a body over
+    ``serve.max_body_bytes`` a 413, both before the body is read, parsed or validated (so an
+    unauthenticated client can make the server do no work beyond reading the headers)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan, websocket (no routes use one)
+            await self.inner(scope, receive, send)
+            return
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):  # under a route prefix (serve.run route_prefix)
+            path = path[len(root) :] or "/"
+        if path in PUBLIC:
+            await self.inner(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        token = GUARD.token
+        if token is not None and not bearer_matches(headers.get("authorization", ""), token):
+            await _reply(send, 401, "missing or wrong bearer token", {"www-authenticate": "Bearer"})
+            return
+        limit = GUARD.max_body
+        declared = headers.get("content-length", "")
+        if declared and (not declared.isdigit() or int(declared) > limit):
+            await _reply(send, 413, f"the body is over {limit} bytes (serve.max_body_bytes)")
+            return
+        body, more = b"", True  # read it here, counting, so a chunked body is capped too
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                await _reply(send, 413, f"the body is over {limit} bytes (serve.max_body_bytes)")
+                return
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.inner(scope, replay, send)
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """``Authorization: Bearer <token>`` (the scheme is case-insensitive, RFC 7235), compared
+    in constant time."""
+    scheme, _, given = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+async def _reply(send: Any, status: int, error: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": error}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+app.add_middleware(Guard)
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
@@ -150,23 +239,22 @@ class Deliberator:
         from coalition.controller import Controller
         from coalition.deliberation import ControllerRouter, Fixed, RandomRouter
         from coalition.models import resolve
+        from coalition.preflight import PROMPT_OVERHEAD_TOKENS, context_of
         from coalition.recipes.coalition import trained_run
         from coalition.tasks import from_config
 
         cfg, self.version = trained_run(Path(run_dir))
         self.cfg = cfg = config_mod.override(cfg, overrides)
-        self.run_dir = str(run_dir)
+        self.run_name = Path(run_dir).name  # not the path: /v1/info is public to token holders
         self.task = from_config(cfg.task)
-        tok = AutoTokenizer.from_pretrained(resolve(cfg.model.name_or_path))
+        path = resolve(cfg.model.name_or_path)
+        self.tokenizer = tok = AutoTokenizer.from_pretrained(path)
+        room = context_of(path) - 2 * cfg.generation.max_new_tokens - PROMPT_OVERHEAD_TOKENS
+        self.max_tokens = max(1, min(cfg.serve.max_question_tokens, room))
         self.models = _HandleModels(models, tok)
         keys = [f"v{k}" for k in range(cfg.variants.count)]
         routing = cfg.deliberation.routing
         ctrl_dir = Path(run_dir) / "controller"
-        if routing == "controller" and not (ctrl_dir / "controller.json").exists():
-            raise ConfigError(
-                f"run_dir {run_dir}: no trained controller; train one with jobs/evaluate.py "
-                "method=suite, or serve with deliberation.routing=fixed|random"
-            )
         if routing == "controller":
             self.router = ControllerRouter(Controller.load(ctrl_dir), keys)
         elif routing == "random":
@@ -174,31 +262,21 @@ class Deliberator:
         else:
             self.router = Fixed("fixed roles", keys[0], keys[1 % len(keys)])
         self.params = SamplingParams(max_new_tokens=cfg.generation.max_new_tokens)
-        self.token = cfg.serve.auth_token or os.environ.get(TOKEN_ENV) or None
+        from actors import serve as this_module
+
+        this_module.GUARD.token = cfg.serve.token()
+        this_module.GUARD.max_body = cfg.serve.max_body_bytes
+        self.auth = this_module.GUARD.token is not None
         self.keys = keys
         self.solve_batch.set_max_batch_size(cfg.serve.max_batch_size)
         self.solve_batch.set_batch_wait_timeout_s(cfg.serve.batch_wait_s)
-
-    def _denied(self, request: Request) -> JSONResponse | None:
-        if self.token is None:
-            return None
-        given = request.headers.get("authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:], self.token):
-            return None
-        return JSONResponse(
-            {"error": "missing or wrong bearer token"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/info")
-    async def info(self, request: Request) -> Any:
-        if denied := self._denied(request):
-            return denied
+    async def info(self) -> Any:
         return {
             "model": self.cfg.model.name_or_path,
             "task": self.cfg.task.name,
@@ -208,13 +286,13 @@ class Deliberator:
             "versions": await self.models.handle.versions.remote(),
             "routing": self.router.name,
             "refine_turns": self.cfg.deliberation.refine_turns,
-            "run_dir": self.run_dir,
+            "run": self.run_name,
+            "max_question_tokens": self.max_tokens,
+            "auth": self.auth,
         }
 
     @app.post("/v1/solve", response_model=SolveResponse)
-    async def solve(self, body: SolveRequest, request: Request) -> Any:
-        if denied := self._denied(request):
-            return denied
+    async def solve(self, body: SolveRequest) -> Any:
         question = body.question
         if body.options:
             question += "\nOptions: " + " ".join(
@@ -224,6 +302,12 @@ class Deliberator:
         if len(question) > limit:
             return JSONResponse(
                 {"error": f"question is {len(question)} characters; the limit is {limit}"},
+                status_code=413,
+            )
+        tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        if tokens > self.max_tokens:
+            return JSONResponse(
+                {"error": f"question is {tokens} tokens; the limit is {self.max_tokens}"},
                 status_code=413,
             )
         rid = uuid.uuid4().hex[:12]

@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import secrets
 
 from coalition.config import Config
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+log = logging.getLogger("coalition.session")
 
 # for actors and trainer workers: model-loading and dataset progress bars off
 QUIET = {
@@ -29,28 +34,61 @@ def quiet_workers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def init_ray(cfg: Config) -> None:
+# No Prometheus exporters: nothing here reads them, and they would listen on every interface
+# without auth (the autoscaler's and dashboard's metrics ports, the agent's export port).
+LOCAL_SYSTEM_CONFIG = {"enable_metrics_collection": False}
+
+
+def init_ray(cfg: Config, job: str = "train") -> None:
+    """Connect to the cluster ``ray.address`` / ``RAY_ADDRESS`` names, or start a local Ray
+    sized for ``job``'s actors and trainers; either way refuse (one line) a run that cannot
+    fit, since its last actor or trainer would wait for resources forever.
+
+    A local Ray keeps Ray's token authentication on, with a fresh random token that only this
+    process and its children know: Ray's servers listen on every interface (this Ray version
+    has no loopback-only option), and without the token none of them accepts a call."""
     import ray
 
+    from coalition import preflight
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
+    want = preflight.need(cfg, job)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
+        have = ray.cluster_resources()
+        preflight.check_fits(cfg, want, have.get("CPU", 0.0), have.get("GPU", 0.0))
         return
+    local_token_auth()
     r = cfg.ray
-    trainers = cfg.variants.count + (cfg.scorer == "ift_all")  # one per model, all at once
-    need = (
-        cfg.variants.count * r.generator_cpus
-        + r.scorer_cpus
-        + trainers * r.train_workers * r.train_cpus_per_worker
-    )
-    cpus = r.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
+    cpus = r.num_cpus or max(os.cpu_count() or 1, math.ceil(want.cpus - 1e-9))
+    preflight.check_fits(cfg, want, cpus)
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"worker_process_setup_hook": quiet_workers},
+        _system_config=LOCAL_SYSTEM_CONFIG,
     )
+
+
+def local_token_auth() -> None:
+    """Token auth for the local Ray about to start, unless ``RAY_AUTH_MODE`` says otherwise
+    (then a warning): a per-process token in the environment, never written to disk."""
+    mode = os.environ.get(AUTH_MODE_ENV, "token").lower()
+    if mode != "token":
+        log.warning(
+            "%s=%s: the local Ray accepts calls from anyone who can reach this machine's "
+            "ports; unset it to keep token auth on",
+            AUTH_MODE_ENV,
+            mode,
+        )
+        return
+    os.environ[AUTH_MODE_ENV] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    # Ray reads its config once, at import: refresh it so this process sees token mode too
+    from ray._raylet import Config as RayConfig
+
+    RayConfig.initialize("")

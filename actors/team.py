@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from actors.hosts import GeneratorActor
-from actors.resilient import Resilient, gather
+from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
@@ -70,6 +70,7 @@ class RayTeam(Team):
                     self.trainers[m.name] = persistent_trainer(
                         cfg, m.name, m.path, self.mode, self.spec, self.storage
                     )
+        started(list(self._hosts.values()), r.start_timeout_s)
 
     def _host(self, name: str) -> Resilient:
         return self._hosts[host_name(self.members[name], self.mode)]

@@ -253,11 +253,14 @@ class PersistentTrainer:
         cpus_per_worker: float = 1.0,
         use_gpu: bool = False,
         max_failures: int = 3,
+        start_timeout: float = 600.0,
     ):
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         self.name, self.workers = name, workers
+        self.start_timeout, self.created = start_timeout, time.monotonic()
+        self.up = False  # every worker has checked in once
         storage = Path(storage).resolve()
         shutil.rmtree(storage / name, ignore_errors=True)
         self.mailbox = Mailbox.remote()
@@ -316,15 +319,34 @@ class PersistentTrainer:
         return ray.get(self.mailbox.submit.remote(request))
 
     def wait(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
-        """Request ``seq``'s result; raises if the trainer stopped or ``timeout`` passed."""
+        """Request ``seq``'s result; raises if the trainer stopped, its workers did not start
+        within the start deadline, or ``timeout`` passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (out := ray.get(self.mailbox.result.remote(seq, 2.0))) is None:
             done, _ = ray.wait([self.fit], timeout=0)
             if done:
                 raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
+            self._check_started()
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"trainer {self.name}: request {seq} not done in {timeout}s")
         return out
+
+    def _check_started(self) -> None:
+        """Past the start deadline with workers still missing: the cluster cannot place them
+        (Ray Train would retry for ever), so stop with what is missing and what is free."""
+        if self.up:
+            return
+        if len(ray.get(self.mailbox.status.remote())["pids"]) >= self.workers:
+            self.up = True
+        elif time.monotonic() - self.created > self.start_timeout:
+            from actors.resilient import free_resources
+            from coalition.preflight import ResourceTimeout
+
+            raise ResourceTimeout(
+                f"trainer {self.name}: its {self.workers} worker(s) did not start within "
+                f"{self.start_timeout:.0f}s (ray.start_timeout_s); {free_resources()}: the "
+                "cluster is too small for the run or busy with other work"
+            )
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the workers (they finish the update in flight) and the trainer."""
@@ -353,6 +375,7 @@ def persistent_trainer(
         r.train_cpus_per_worker,
         r.train_use_gpu,
         max(r.max_restarts, 0),
+        r.start_timeout_s,
     )
 
 

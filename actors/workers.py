@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from actors.hosts import GeneratorActor, ScorerActor
-from actors.resilient import Resilient, gather
+from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
 from coalition.config import Config
@@ -99,6 +99,7 @@ class RayWorkers(Workers):
                 self.trainers[key] = persistent_trainer(
                     cfg, key, base_path, self.mode, self.spec, self.storage
                 )
+        started([*self.gens.values(), self.scorer], r.start_timeout_s)
 
     def ready(self) -> None:
         """Wait for the trainers' workers (benchmarks time a warm system)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
+from coalition.config import ConfigError
 from coalition.rundir import atomic_write
 from coalition.training import State
 
@@ -20,11 +23,46 @@ def save_state(path: Path, state: State, key: str, version: int) -> None:
 
 def load_state(path: Path) -> tuple[State, str, int]:
     """(state, key, version) from a file written by :func:`save_state`."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("format") != "coalition-state-v1":
-        raise ValueError(f"{path}: not a coalition state file")
-    return load_file(str(path)), meta["key"], int(meta["version"])
+    key, version = check_state(path)
+    try:
+        return load_file(str(path)), key, version
+    except Exception:  # noqa: BLE001 - safetensors raises its own types for a cut-short file
+        raise ConfigError(_damaged(Path(path))) from None
+
+
+def check_state(path: Path) -> tuple[str, int]:
+    """(key, version) of a state file, read from its header; a missing, truncated or foreign
+    file is a :class:`ConfigError` naming it and what to do."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; rerun the job that trains it on this run_dir")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("format") != "coalition-state-v1":
+            raise ValueError
+        if path.stat().st_size < _data_end(path):
+            raise ValueError
+        return meta["key"], int(meta["version"])
+    except Exception:  # noqa: BLE001 - any failure to read the header means the same thing
+        raise ConfigError(_damaged(path)) from None
+
+
+def _data_end(path: Path) -> int:
+    """Where a safetensors file's tensor data ends, from its header (a cut file is shorter)."""
+    with path.open("rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(size))
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    return 8 + size + max(ends, default=0)
+
+
+def _damaged(path: Path) -> str:
+    return (
+        f"{path} is damaged (truncated or not a coalition state); delete it and rerun the job "
+        "on this run_dir: the stage that wrote it is redone"
+    )

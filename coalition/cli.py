@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from coalition import config as config_mod
+from coalition import preflight, rundir
 from coalition.config import Config, ConfigError
 from coalition.rundir import atomic_write
 from coalition.tasks.base import TaskError
@@ -42,30 +43,84 @@ def parse_args(argv: list[str] | None, job: str) -> tuple[Path | None, list[str]
     return args.config, list(args.overrides)
 
 
-def prepare_run_dir(cfg: Config, job: str) -> Path:
-    """The run directory (``run_dir`` or ``runs/<job>-<time>``) with the resolved config in it."""
+def start(cfg: Config, job: str) -> Path | None:
+    """Everything a job checks before it writes anything or starts Ray (config combination,
+    models, task data, resources, the run directory), then its run directory, locked, with the
+    config in it. None: that run already finished with this config; there is nothing to do."""
+    check_combination(cfg, job)
+    preflight.check(cfg, job)
+    path, finished = prepare_run_dir(cfg, job)
+    if finished:
+        more = ", or raise rounds to continue it" if job in ("train", "saie") else ""
+        print(
+            f"run_dir {path} holds a finished {_job_name(job)} run with this config; nothing "
+            f"to do (results: {path / 'summary.json'}). Use another run_dir for a new run{more}"
+        )
+        return None
+    return path
+
+
+def prepare_run_dir(cfg: Config, job: str) -> tuple[Path, bool]:
+    """The run directory (``run_dir`` or ``runs/<job>-<time>``), checked, locked and with the
+    resolved config in it; and whether it holds this job's finished run with this config.
+
+    A directory another job owns, a run with other settings, a non-empty directory that is no
+    run, a file, or one that cannot be created is refused before anything is written."""
     path = (
         Path(cfg.run_dir)
         if cfg.run_dir
         else Path("runs") / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    rundir.check_creatable(path)
+    kind = rundir.owner(path)
+    if kind == "foreign":
+        raise ConfigError(
+            f"run_dir {path} is not empty and holds no coalition run ({rundir.describe(path)}); "
+            "use a new or empty directory"
+        )
+    if kind is not None and kind != job:
+        raise ConfigError(
+            f"run_dir {path} holds a {_job_name(kind)} run ({rundir.describe(path)}); "
+            f"{_job_name(job)} would write over it. Use another run_dir"
+            + (
+                " (or method=suite / method=discussion to evaluate that run beside it)"
+                if job == "evaluate" and kind == "train"
+                else ""
+            )
+        )
+    finished = False
+    if kind == job:
+        check_resume(cfg, path)
+        finished = (path / "summary.json").exists() and not _changes(cfg, path, FREE_CHANGES)
     path.mkdir(parents=True, exist_ok=True)
+    rundir.lock(path)
+    if finished:
+        return path, True
+    if removed := rundir.clean_partial(path):
+        print(f"run_dir {path}: removed {removed} half-written file(s) a killed run left")
     atomic_write(path / "config.yaml", config_mod.dump(cfg))
-    return path
+    rundir.mark_owner(path, job)
+    return path, False
+
+
+def _job_name(job: str) -> str:
+    return f"jobs/{job}.py" if job in ("train", "distill", "saie", "evaluate") else f"a {job}"
 
 
 RESUMABLE_CHANGES = {"rounds", "ray", "run_dir", "evaluate.bootstrap"}
+FREE_CHANGES = {"ray", "run_dir"}  # do not change a finished run's results
 
 
-def check_combination(cfg: Config) -> None:
-    """Settings that are each valid but do not work together."""
+def check_combination(cfg: Config, job: str = "train") -> None:
+    """Settings that are each valid but do not work together (for ``job``)."""
     source = cfg.warmup.rationales_from
-    if source not in ("auto", "gold", "self") and not Path(source).is_dir():
+    uses_warmup = job in ("train", "saie")
+    if uses_warmup and source not in ("auto", "gold", "self") and not Path(source).is_dir():
         raise ConfigError(
             f"warmup.rationales_from: {source!r} is neither auto, gold, self nor a "
             "jobs/distill.py run directory"
         )
-    if cfg.variants.mode == "full" and cfg.scorer == "variants_mean":
+    if job == "train" and cfg.variants.mode == "full" and cfg.scorer == "variants_mean":
         raise ConfigError(
             "scorer: 'variants_mean' needs variants.mode: lora (it scores with every variant on one "
             "base); with variants.mode: full use scorer: ift_all or base"
@@ -74,21 +129,31 @@ def check_combination(cfg: Config) -> None:
 
 def check_resume(cfg: Config, run_dir: Path) -> None:
     """A rerun may extend ``rounds`` or change Ray resources, nothing that changes results."""
-    old_path = run_dir / "config.yaml"
-    if not old_path.exists():
-        return
-    old = yaml.safe_load(old_path.read_text()) or {}
-    new = cfg.model_dump(mode="json")
-    changed = [
-        key
-        for key in diff(old, new)
-        if not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES)
-    ]
+    changed = _changes(cfg, run_dir, RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(
             f"run_dir {run_dir} holds a run with another config ({', '.join(changed)} differ); "
             "use a new run_dir or the same settings to resume"
         )
+
+
+def _changes(cfg: Config, run_dir: Path, allowed: set[str]) -> list[str]:
+    """Keys whose value differs from the run's saved config, beyond the ``allowed`` ones."""
+    old_path = run_dir / "config.yaml"
+    if not old_path.exists():
+        return []
+    try:
+        old = yaml.safe_load(old_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(
+            f"{old_path} is damaged; it is the config this run was made with. Restore it"
+        ) from None
+    new = cfg.model_dump(mode="json")
+    return [
+        key
+        for key in diff(old, new)
+        if not any(key == k or key.startswith(k + ".") for k in allowed)
+    ]
 
 
 def diff(a: object, b: object, prefix: str = "") -> list[str]:
@@ -105,3 +170,5 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except USAGE_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        rundir.unlock_all()

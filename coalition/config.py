@@ -7,8 +7,10 @@ and wrong values are errors that name the key path and what is allowed.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,8 +23,16 @@ class ConfigError(ValueError):
     """A config problem, phrased as one line for the user (key path, what is allowed)."""
 
 
+# Seeds go to Python, NumPy and torch generators; NumPy's take 32 bits.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Upper bounds on counts are there to refuse typos (an extra zero or three) before any work.
+Count = Annotated[int, Field(ge=0, le=10_000_000)]
+MIN_TOKEN_CHARS = 16
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are refused everywhere: no setting means anything with them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -31,19 +41,26 @@ class ModelConfig(_Strict):
     name_or_path: str = "builtin:smollm2-135m-instruct"
     # auto: bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     trust_remote_code: bool = False
     adapter: str | None = None
     chat_template: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError(f"unknown device {device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+        return device
 
 
 class TaskConfig(_Strict):
     """Which task, how many train/test items, and task-specific parameters."""
 
     name: str = "basic_arithmetic"
-    n_train: int = Field(200, ge=0)
-    n_test: int = Field(100, ge=1)
-    seed: int = 0
+    n_train: int = Field(200, ge=0, le=10_000_000)
+    n_test: int = Field(100, ge=1, le=10_000_000)
+    seed: Seed = 0
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -63,9 +80,9 @@ class GenerationConfig(_Strict):
     max_new_tokens: int = Field(128, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    seed: int = 0
+    n: int = Field(1, ge=1, le=1024)
+    batch_size: int = Field(16, ge=1, le=65536)
+    seed: Seed = 0
 
 
 class EvaluateConfig(_Strict):
@@ -108,11 +125,11 @@ class VariantsConfig(_Strict):
 class StepConfig(_Strict):
     """Optimiser settings shared by SFT and DPO updates."""
 
-    lr: float = Field(2e-4, gt=0.0)
-    epochs: float = Field(1.0, gt=0.0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
+    lr: float = Field(2e-4, gt=0.0, le=1.0)
+    epochs: float = Field(1.0, gt=0.0, le=10_000)
+    batch_size: int = Field(8, ge=1, le=65536)
+    grad_accum: int = Field(1, ge=1, le=65536)
+    max_length: int = Field(512, ge=16, le=1_048_576)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_ratio: float = Field(0.0, ge=0.0, le=1.0)
 
@@ -120,13 +137,13 @@ class StepConfig(_Strict):
 class WarmupConfig(StepConfig):
     """Multi-mode instruction fine-tuning of each variant on its own split of the warm-up data."""
 
-    n: int = Field(128, ge=0)
+    n: Count = 128
     modes: list[Literal["answer", "rationale", "answer_given_rationale", "refine"]] = Field(
         default_factory=lambda: ["answer", "rationale", "answer_given_rationale", "refine"]
     )
     # auto | gold | self, or a jobs/distill.py run directory (its kept teacher rationales)
     rationales_from: str = "auto"
-    self_samples: int = Field(4, ge=1)
+    self_samples: int = Field(4, ge=1, le=1024)
     self_temperature: float = Field(0.7, ge=0.0)
     # share of refine-mode rows whose draft is already right (the rest are wrong drafts): too
     # many teach the refiner to copy its input, which makes refinement pairs identical ties
@@ -158,7 +175,7 @@ class TeacherConfig(_Strict):
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable (unset: none)
     api: Literal["completions", "chat"] = "completions"
-    samples: int = Field(4, ge=1)  # D: rationales per question (diverse reasoning)
+    samples: int = Field(4, ge=1, le=1024)  # D: rationales per question (diverse reasoning)
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(128, ge=1)
@@ -172,7 +189,7 @@ class TeacherConfig(_Strict):
 class DistillConfig(StepConfig):
     """Fine-tune-CoT: the student (``model``) is fine-tuned on the teacher's kept rationales."""
 
-    n: int = Field(128, ge=1)  # train questions the teacher writes for
+    n: int = Field(128, ge=1, le=10_000_000)  # train questions the teacher writes for
     # the student's rows per kept sample: question → rationale + answer (the paper), and the
     # answer given the rationale (so two-step CoT evaluation reads the student's own answer)
     modes: list[Literal["answer", "rationale", "answer_given_rationale"]] = Field(
@@ -190,8 +207,10 @@ class SAIEConfig(StepConfig):
 
     partner: str | None = None  # an HF id/path/builtin:…; null: the learner's frozen base
     adversarial_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    pool: int = Field(64, ge=1)  # questions per round
-    samples: int = Field(2, ge=1)  # attempts per question (a right one is the target when the
+    pool: int = Field(64, ge=1, le=10_000_000)  # questions per round
+    samples: int = Field(
+        2, ge=1, le=1024
+    )  # attempts per question (a right one is the target when the
     # task has no gold rationale)
     remark_tokens: int = Field(64, ge=1)
 
@@ -208,11 +227,11 @@ class RayConfig(_Strict):
     """Where and how the Ray pieces run (``address: null`` starts a local Ray)."""
 
     address: str | None = None
-    num_cpus: int | None = Field(None, ge=1)
+    num_cpus: int | None = Field(None, ge=1, le=1_000_000)
     generator_cpus: float = Field(1.0, gt=0.0)
     scorer_cpus: float = Field(1.0, gt=0.0)
     generator_gpus: float = Field(0.0, ge=0.0)
-    train_workers: int = Field(1, ge=1)
+    train_workers: int = Field(1, ge=1, le=100_000)
     train_cpus_per_worker: float = Field(1.0, gt=0.0)
     train_use_gpu: bool = False
     # persistent: one long-lived TorchTrainer per model serves every update (no ~30 s start-up
@@ -223,6 +242,9 @@ class RayConfig(_Strict):
     # broadcast when trainer and generators have GPUs. LoRA adapters always go by object store.
     full_push: Literal["auto", "object_store", "collective"] = "auto"
     push_timeout_s: float = Field(120.0, gt=0.0)  # deadline of every wait of a broadcast push
+    # deadline for an actor or a trainer's workers to start: past it the cluster is too small
+    # or busy, and the job stops saying so instead of waiting for resources forever
+    start_timeout_s: float = Field(600.0, gt=0.0)
     max_restarts: int = Field(3, ge=-1)
     max_retries: int = Field(3, ge=0)
     chunk_size: int = Field(32, ge=1)
@@ -243,7 +265,7 @@ class DeliberationConfig(_Strict):
 
     refine_turns: int = Field(1, ge=0, le=8)
     routing: Literal["controller", "random", "fixed"] = "controller"  # what Serve uses
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ServeConfig(_Strict):
@@ -251,14 +273,56 @@ class ServeConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # bearer token required on /v1/*; null reads COALITION_SERVE_TOKEN (unset: no auth)
+    # bearer token required on /v1/*; null reads COALITION_SERVE_TOKEN (unset: no auth, said
+    # loudly at start, and only on a loopback host). At least 16 characters, no spaces.
     auth_token: str | None = None
     max_question_chars: int = Field(4000, ge=1)
+    # the question's length in the model's tokens (413 above it); also capped by the context
+    max_question_tokens: int = Field(512, ge=1)
+    max_body_bytes: int = Field(65536, ge=256)  # a larger request body is refused unread (413)
     max_batch_size: int = Field(8, ge=1)
     batch_wait_s: float = Field(0.05, ge=0.0)
     replicas: int = Field(1, ge=1)
     model_cpus: float = Field(1.0, gt=0.0)
     model_gpus: float = Field(0.0, ge=0.0)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_strength(cls, token: str | None) -> str | None:
+        if token is not None and (problem := token_problem(token)):
+            raise ValueError(problem)
+        return token
+
+    def token(self) -> str | None:
+        """The bearer token /v1/* requires: ``auth_token``, else ``COALITION_SERVE_TOKEN``
+        (None: no auth). A set but empty or weak variable is an error, never "no auth"."""
+        if self.auth_token is not None:
+            return self.auth_token
+        env = os.environ.get(SERVE_TOKEN_ENV)
+        if env is None:
+            return None
+        if problem := token_problem(env):
+            raise ConfigError(f"{SERVE_TOKEN_ENV} (environment): {problem}")
+        return env
+
+
+SERVE_TOKEN_ENV = "COALITION_SERVE_TOKEN"
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be a bearer token (None: it can). It must be long enough not to be
+    guessed and a plain header value; an empty one (an unset ``$TOKEN`` in a script) must
+    never mean "no auth"."""
+    if len(token) < MIN_TOKEN_CHARS:
+        what = "empty" if not token else f"{len(token)} characters long"
+        return (
+            f"the token is {what}; it needs at least {MIN_TOKEN_CHARS} characters (e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'); leave it unset to "
+            "serve without auth on 127.0.0.1"
+        )
+    if not re.fullmatch(r"[\x21-\x7e]+", token):
+        return "the token may hold only printable ASCII, without spaces"
+    return None
 
 
 class VLLMConfig(_Strict):
@@ -295,7 +359,7 @@ class BenchConfig(_Strict):
 class Config(_Strict):
     """The whole config; each job reads the sections it needs."""
 
-    seed: int = 0
+    seed: Seed = 0
     run_dir: str | None = None
     engine: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
@@ -305,11 +369,11 @@ class Config(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     # COALITION (jobs/train.py)
-    rounds: int = Field(1, ge=0)
-    pool: int = Field(64, ge=1)
+    rounds: int = Field(1, ge=0, le=1000)
+    pool: int = Field(64, ge=1, le=10_000_000)
     # rationales each variant writes per pool question (the paper: 1); more give the
     # best-vs-worst generation pair more contrast and fewer identical-text ties
-    samples: int = Field(1, ge=1)
+    samples: int = Field(1, ge=1, le=1024)
     refine: Literal["cross", "self", "none"] = "cross"
     filter: bool = True
     # with the filter on, also drop pairs whose chosen side has U below this floor (0: the
@@ -378,6 +442,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+SECRETS = {"auth_token"}  # never echoed back in an error
+
+
 def _describe(err: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     path = ".".join(str(p) for p in loc) or "<root>"
@@ -389,7 +456,8 @@ def _describe(err: dict[str, Any]) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     got = err.get("input")
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    secret = loc and loc[-1] in SECRETS
+    got_s = "" if isinstance(got, dict) or secret else f" (got {got!r})"
     return f"{path}: {msg}{got_s}"
 
 
@@ -436,8 +504,16 @@ def load_yaml(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte {exc.start}); is it a YAML file?"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from coalition.config import ConfigError
 from coalition.pairs import Candidate
 from coalition.rundir import atomic_write
 
@@ -116,17 +117,14 @@ class Controller:
 
     def save(self, path: Path) -> None:
         """``controller.safetensors`` (weights) and ``controller.json`` (shape and report)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean, "std": self.std}
         for name, head in self.heads.items():
             tensors[f"{name}.weight"] = head.weight.detach().contiguous()
             tensors[f"{name}.bias"] = head.bias.detach().contiguous()
-        tmp = path / "controller.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(path / "controller.safetensors")
+        atomic_write(path / "controller.safetensors", save(tensors))
         meta = {
             "schema": SCHEMA,
             "count": self.count,
@@ -136,15 +134,29 @@ class Controller:
         }
         atomic_write(path / "controller.json", json.dumps(meta, indent=2))
 
+    @staticmethod
+    def check(path: Path) -> None:
+        """Refuse (one line, with the fix) a controller that is missing or cannot load."""
+        Controller.load(path)
+
     @classmethod
     def load(cls, path: Path) -> Controller:
         from safetensors.torch import load_file
 
         path = Path(path)
-        meta = json.loads((path / "controller.json").read_text())
+        fix = (
+            "refit it with jobs/evaluate.py run_dir=<this run> method=suite (delete "
+            f"{path} first if it is damaged), or route with deliberation.routing=fixed|random"
+        )
+        if not (path / "controller.json").is_file():
+            raise ConfigError(f"{path.parent}: no trained controller ({path} is missing); {fix}")
+        try:
+            meta = json.loads((path / "controller.json").read_text())
+            tensors = load_file(str(path / "controller.safetensors"))
+        except Exception:  # noqa: BLE001 - JSON, I/O or safetensors errors: the files are bad
+            raise ConfigError(f"{path} is damaged (truncated or incomplete); {fix}") from None
         if meta.get("schema") != SCHEMA:
-            raise ValueError(f"{path}/controller.json: schema {meta.get('schema')}, want {SCHEMA}")
-        tensors = load_file(str(path / "controller.safetensors"))
+            raise ConfigError(f"{path}/controller.json: schema {meta.get('schema')}, want {SCHEMA}")
         heads = {}
         for name in meta["decisions"]:
             head = torch.nn.Linear(meta["dim"], meta["count"])

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from coalition.config import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -193,17 +196,50 @@ BUILTINS: dict[str, Callable[[], Path]] = {
 }
 
 
-def resolve(name_or_path: str) -> str:
-    """A loadable path or hub id for ``name_or_path`` (``builtin:`` names are built/converted)."""
+def resolve(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """A loadable path or hub id for ``name_or_path`` (``builtin:`` names are built/converted).
+    A name that cannot load raises :class:`ConfigError` naming ``key`` and what is allowed."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
+        check_model(name_or_path, key)
         return name_or_path
-    key = name_or_path[len(BUILTIN_PREFIX) :]
-    if key not in BUILTINS:
-        raise ValueError(
-            f"model.name_or_path: unknown builtin {key!r}; allowed: "
-            + ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
+    name = name_or_path[len(BUILTIN_PREFIX) :]
+    if name not in BUILTINS:
+        allowed = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
+        raise ConfigError(f"{key}: unknown builtin {name!r}; allowed: {allowed}")
+    try:
+        return str(BUILTINS[name]())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model(name_or_path: str, key: str, needs: str = "config.json") -> None:
+    """A local model (or adapter: ``needs="adapter_config.json"``) directory, or a hub id that
+    can load here; else :class:`ConfigError` naming ``key``, the path and what is wrong."""
+    path = Path(name_or_path).expanduser()
+    what = "an adapter" if needs == "adapter_config.json" else "a model"
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{key}: {path} is a file; give {what} directory (with {needs})")
+        if not (path / needs).is_file():
+            state = "is empty" if not any(path.iterdir()) else f"has no {needs}"
+            raise ConfigError(f"{key}: {path} {state}; it is not {what} directory")
+        return
+    if not _HUB_ID.fullmatch(name_or_path) or name_or_path.startswith(("./", "../", "~")):
+        raise ConfigError(
+            f"{key}: {name_or_path} does not exist (a local directory, an HF hub id like "
+            f"org/name, or one of {', '.join(BUILTIN_PREFIX + k for k in BUILTINS)})"
         )
-    return str(BUILTINS[key]())
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", ""):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, needs), str):
+            raise ConfigError(
+                f"{key}: {name_or_path} is not a local directory and not in the HF cache, and "
+                "HF_HUB_OFFLINE is set; download it first or give a local path"
+            )
 
 
 def main() -> None:

@@ -128,7 +128,7 @@ def source(
         kept = distilled(Path(how), task)
         items, missing = from_rationales(examples, kept, seed, cfg.correct_drafts)
     if not items:
-        raise RuntimeError(
+        raise ConfigError(
             f"warm-up: no usable rationale for any of {len(examples)} questions (source "
             f"{how}); use a task with gold rationales, more warmup.self_samples, or a "
             "jobs/distill.py run over these questions"

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     cfg = cli.parse(rest, "bench")
-    run_dir = cli.prepare_run_dir(cfg, f"bench-{name}")
+    run_dir, _ = cli.prepare_run_dir(cfg, f"bench-{name}")
     result = {
         "bench": name,
         "date": time.strftime("%Y-%m-%d"),

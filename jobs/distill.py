@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from coalition import cli  # noqa: E402
-from coalition.config import ConfigError  # noqa: E402
 from coalition.report import print_accuracy  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
@@ -27,18 +26,16 @@ DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     cfg = cli.parse(argv, "distill", DEFAULT)
-    if cfg.teacher.kind == "openai" and not cfg.teacher.base_url:
-        raise ConfigError("teacher.base_url: needed with teacher.kind: openai")
-    if cfg.run_dir:
-        cli.check_resume(cfg, Path(cfg.run_dir))
-    run_dir = cli.prepare_run_dir(cfg, "distill")
+    run_dir = cli.start(cfg, "distill")
+    if run_dir is None:
+        return 0
 
     from actors.session import init_ray
     from actors.team import RayTeam
     from coalition.recipes.distill import Distill, build_teacher, members
 
     start = time.perf_counter()
-    init_ray(cfg)
+    init_ray(cfg, "distill")
     team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
     teacher = build_teacher(cfg, team)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coalition import cli, stats, tasks  # noqa: E402
+from coalition import cli, preflight, rundir, stats, tasks  # noqa: E402
 from coalition import config as config_mod  # noqa: E402
 from coalition.config import Config, ConfigError  # noqa: E402
 from coalition.engines import build_engine, sampling  # noqa: E402
@@ -57,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def single(cfg: Config) -> int:
+    run_dir = cli.start(cfg, "evaluate")
+    if run_dir is None:
+        return 0
     task = tasks.from_config(cfg.task)
     examples = task.load(cfg.evaluate.split)
-    run_dir = cli.prepare_run_dir(cfg, "evaluate")
     engine = build_engine(cfg)
     start = time.perf_counter()
     preds = evaluate(
@@ -116,6 +118,8 @@ def suite(argv: list[str], cfg: Config) -> int:
     _, version = trained_run(run_dir)
     _, overrides = cli.parse_args(argv, "evaluate")
     cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+    preflight.model_paths(cfg, "suite")
+    rundir.lock(run_dir)  # it writes evaluation/ (and a controller) beside the run
     from actors.session import init_ray
     from actors.workers import RayWorkers
     from coalition.controller import Controller
@@ -126,7 +130,7 @@ def suite(argv: list[str], cfg: Config) -> int:
     from coalition.suite import compare, rows, run_suite
 
     start = time.perf_counter()
-    init_ray(cfg)
+    init_ray(cfg, "suite")
     workers = RayWorkers(
         cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train", trainers=False
     )
@@ -208,26 +212,30 @@ def discussion(argv: list[str], cfg: Config) -> int:
     from coalition.discussion import accuracy_by_round, discuss
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
-    trained = run_dir is not None and (run_dir / "manifest.json").exists()
+    trained = run_dir is not None and rundir.owner(run_dir) in ("train", "saie", "distill")
     if trained:
         _, overrides = cli.parse_args(argv, "evaluate")
         cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+        preflight.model_paths(cfg, "discussion")
+        rundir.lock(run_dir)  # it writes evaluation/ beside the run
+        out_dir = (
+            run_dir / "evaluation" / f"discussion-{cfg.discussion.agents}x{cfg.discussion.rounds}"
+        )
+    else:
+        out_dir = cli.start(cfg, "evaluate")
+        if out_dir is None:
+            return 0
     d = cfg.discussion
     task = tasks.from_config(cfg.task)
     examples = task.load(cfg.evaluate.split)
     params = replace(sampling(cfg.generation), temperature=d.temperature, n=1, seed=cfg.seed)
     start = time.perf_counter()
-    init_ray(cfg)
+    init_ray(cfg, "suite" if trained and rundir.owner(run_dir) == "train" else "discussion")
     models, agents, close, label = _discussants(cfg, run_dir if trained else None, d.agents)
     try:
         results = discuss(models, task, examples, agents, d.rounds, params, cfg.model.chat_template)
     finally:
         close()
-    out_dir = (
-        run_dir / "evaluation" / f"discussion-{d.agents}x{d.rounds}"
-        if trained
-        else cli.prepare_run_dir(cfg, "evaluate")
-    )
     by_round = accuracy_by_round(results)
     per_round = []
     for r, correct in enumerate(by_round):

@@ -24,17 +24,16 @@ DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "saie.yaml"
 
 def main(argv: list[str] | None = None) -> int:
     cfg = cli.parse(argv, "saie", DEFAULT)
-    cli.check_combination(cfg)
-    if cfg.run_dir:
-        cli.check_resume(cfg, Path(cfg.run_dir))
-    run_dir = cli.prepare_run_dir(cfg, "saie")
+    run_dir = cli.start(cfg, "saie")
+    if run_dir is None:
+        return 0
 
     from actors.session import init_ray
     from actors.team import RayTeam
     from coalition.recipes.saie import SAIE, members
 
     start = time.perf_counter()
-    init_ray(cfg)
+    init_ray(cfg, "saie")
     team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
     try:
         summary = SAIE(cfg, team, run_dir).run()

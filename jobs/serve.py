@@ -5,21 +5,24 @@
         [deliberation.refine_turns=1]
 
 Binds 127.0.0.1 unless ``serve.host`` says otherwise. With ``serve.auth_token`` (or the
-``COALITION_SERVE_TOKEN`` environment variable) every /v1 route needs ``Authorization: Bearer``.
+``COALITION_SERVE_TOKEN`` environment variable; 16+ characters) every /v1 route needs
+``Authorization: Bearer``; without one it says so loudly and refuses a non-loopback host.
 API docs at ``/docs``. Stops on Ctrl-C. The same app for ``serve run``: configs/serve/app.yaml.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from coalition import cli  # noqa: E402
-from coalition.config import ConfigError  # noqa: E402
+from coalition import cli, preflight  # noqa: E402
+from coalition.config import Config, ConfigError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = flat.pop("run_dir", None)
     if not run_dir:
         raise ConfigError("jobs/serve.py needs run_dir=<a jobs/train.py run directory>")
+    cfg, version = check(Path(run_dir), flat)
+
     from ray import serve
 
     from actors.serve import build
     from actors.session import init_ray
-    from coalition.config import override
-    from coalition.recipes.coalition import trained_run
 
-    cfg, version = trained_run(Path(run_dir))
-    cfg = override(cfg, flat)
     app = build(run_dir, flat)
-    init_ray(cfg)
+    init_ray(cfg, "serve")
     stop = threading.Event()  # set by Ctrl-C / SIGTERM, also while the app is still starting
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -51,6 +52,63 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     serve.shutdown()
     return 0
+
+
+def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
+    """Everything serving needs, checked before Ray starts: a trained run with readable
+    states (and controller, when routing by it), a model that loads, a token that is a token
+    (or a loud word that there is none, on loopback only), and a free port. The token, when it
+    comes from the environment, is put in ``flat`` for the replicas."""
+    from coalition.checkpoints import check_state
+    from coalition.config import SERVE_TOKEN_ENV, override
+    from coalition.controller import Controller
+    from coalition.recipes.base import state_path
+    from coalition.recipes.coalition import trained_run
+
+    cfg, version = trained_run(run_dir)
+    cfg = override(cfg, flat)
+    preflight.model_paths(cfg, "serve")
+    for k in range(cfg.variants.count):
+        check_state(state_path(run_dir, f"v{k}", version))
+    if cfg.deliberation.routing == "controller":
+        Controller.check(run_dir / "controller")
+    token = cfg.serve.token()
+    host = cfg.serve.host
+    if token is None:
+        if not _loopback(host):
+            raise ConfigError(
+                f"serve.host={host} without a token would let anyone on the network call the "
+                f"API; set serve.auth_token or {SERVE_TOKEN_ENV}, or serve on 127.0.0.1"
+            )
+    elif "serve.auth_token" not in flat:
+        flat["serve.auth_token"] = token
+    _check_port(host, cfg.serve.port)
+    if token is None:
+        print(
+            f"WARNING: serving WITHOUT authentication: anyone who can reach {host}:"
+            f"{cfg.serve.port} can call /v1/*; set serve.auth_token or {SERVE_TOKEN_ENV}",
+            file=sys.stderr,
+        )
+    return cfg, version
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"serve.port {port} on {host} cannot be used ({exc.strerror}); pick another "
+                "serve.port or stop what holds it"
+            ) from None
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ from coalition.report import print_accuracy  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     cfg = cli.parse(argv, "train")
-    cli.check_combination(cfg)
-    if cfg.run_dir:
-        cli.check_resume(cfg, Path(cfg.run_dir))
-    run_dir = cli.prepare_run_dir(cfg, "train")
+    run_dir = cli.start(cfg, "train")
+    if run_dir is None:
+        return 0
 
     from actors.session import init_ray
     from actors.workers import RayWorkers
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     base_path = resolve(cfg.model.name_or_path)
-    init_ray(cfg)
+    init_ray(cfg, "train")
     workers = RayWorkers(cfg, base_path, run_dir / "ray_train")
     try:
         summary = Run(cfg, workers, run_dir).run()

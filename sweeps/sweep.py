@@ -206,7 +206,6 @@ def init_ray(sweep: S.SweepConfig, needs: list[S.TrialResources]) -> None:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = sweep.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -224,7 +223,9 @@ def init_ray(sweep: S.SweepConfig, needs: list[S.TrialResources]) -> None:
             f"a trial needs {gpus:g} GPUs and a local Ray has none; run on a GPU cluster "
             "(ray.address / RAY_ADDRESS, or ray job submit) or use a CPU sweep"
         )
-    from actors.session import quiet_workers
+    from actors.session import LOCAL_SYSTEM_CONFIG, local_token_auth, quiet_workers
+
+    local_token_auth()
 
     ray.init(
         address="local",
@@ -232,6 +233,7 @@ def init_ray(sweep: S.SweepConfig, needs: list[S.TrialResources]) -> None:
         include_dashboard=False,
         log_to_driver=True,
         runtime_env={"worker_process_setup_hook": quiet_workers},
+        _system_config=LOCAL_SYSTEM_CONFIG,
     )
 
 

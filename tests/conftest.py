@@ -58,3 +58,31 @@ def two_variant_workers(tiny_path: str):
     w.push("v0", lora_state(tiny_path, 1), 1)
     w.push("v1", lora_state(tiny_path, 2), 1)
     return w
+
+
+def make_run_dir(path, tiny_path, overrides=("deliberation.refine_turns=1",), summary=False):
+    """A finished smoke run as the training job leaves it: config, variant states, controller
+    (and, with ``summary``, its summary.json), in seconds and without Ray."""
+    from coalition import config
+    from coalition import controller as C
+    from coalition.checkpoints import save_state
+    from coalition.engines.hf import HFEngine
+    from coalition.rundir import Manifest, atomic_write
+
+    cfg = config.load(SMOKE, list(overrides))
+    atomic_write(path / "config.yaml", config.dump(cfg))
+    for stage in ("warmup/train/v0", "warmup/train/v1"):
+        Manifest(path).mark(stage)
+    for k in range(2):
+        save_state(
+            path / "states" / f"v{k}-v1.safetensors", lora_state(tiny_path, k + 1), f"v{k}", 1
+        )
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    texts = [f"question {i}" for i in range(6)]
+    feats = engine.embed(texts)
+    examples = [C.RoutingExample(f"q{i}", "generate", t, (0.2, 0.7)) for i, t in enumerate(texts)]
+    examples += [C.RoutingExample(f"q{i}", "refine", t, (0.6, 0.1)) for i, t in enumerate(texts)]
+    C.fit(examples, feats + feats, 2, holdout=0.0).save(path / "controller")
+    if summary:
+        atomic_write(path / "summary.json", '{"job": "train"}\n')
+    return path

@@ -22,7 +22,7 @@ from coalition.checkpoints import save_state
 from coalition.config import Config
 from coalition.engines import sampling
 from coalition.records import Prediction
-from coalition.rundir import Manifest, read_records, write_jsonl, write_records
+from coalition.rundir import Manifest, read_records, recording, write_jsonl, write_records
 from coalition.tasks import from_config
 from coalition.tasks.base import Task
 from coalition.training import State
@@ -56,15 +56,21 @@ class Recipe:
     def stage(self, name: str, fn: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
         """Run ``fn`` unless the manifest says ``name`` finished; record timing and info."""
         if self.manifest.done(name):
-            return self.manifest.info(name)
+            problem = self.manifest.damaged(name)
+            if problem is None:
+                return self.manifest.info(name)
+            self.log(f"[stage] {name} finished before, but {problem}: redoing it")
+            with self._lock:
+                self.manifest.forget(name)
         self.log(f"[stage] {name} …")
         start = time.perf_counter()
-        info = fn() or {}
+        with recording() as outputs:
+            info = fn() or {}
         seconds = round(time.perf_counter() - start, 2)
         with self._lock:
             self.metrics.append({"stage": name, "seconds": seconds, **_flat(info)})
             write_jsonl(self.metrics_path, self.metrics)
-            self.manifest.mark(name, seconds=seconds, **info)
+            self.manifest.mark(name, outputs, seconds=seconds, **info)
         self.log(f"[stage] {name} done in {seconds:.1f}s")
         return self.manifest.info(name)
 

@@ -25,6 +25,7 @@ from coalition import prompts, scoring, stats, warmup
 from coalition.checkpoints import load_state
 from coalition.config import Config, ConfigError
 from coalition.engines import sampling
+from coalition.preflight import check_train_size
 from coalition.recipes.base import Log, Recipe, latest_version, predictions_of
 from coalition.records import Example
 from coalition.rundir import read_records, write_json, write_records
@@ -53,12 +54,7 @@ class Run(Recipe):
         self.keys = [variant_key(k) for k in range(self.K)]
         self.tok = workers.tokenizer
         train = self.task.load("train")
-        need = cfg.warmup.n + cfg.pool
-        if len(train) < need:
-            raise ConfigError(
-                f"task.n_train: {len(train)} train questions, but warmup.n + pool = {need}; "
-                "raise task.n_train or lower warmup.n/pool"
-            )
+        check_train_size(cfg, "train", len(train))
         self.warm_qs = train[: cfg.warmup.n]
         self.pool_source = train[cfg.warmup.n :]
 
@@ -419,10 +415,18 @@ def trained_run(run_dir: Path) -> tuple[Config, int]:
     """A finished (or interrupted) run's config and the newest version every variant has a
     saved state of (1: after the warm-up) — what evaluation and serving load."""
     from coalition import config as config_mod
+    from coalition import rundir
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "manifest.json").exists():
-        raise ConfigError(f"run_dir {run_dir}: no jobs/train.py run there (no manifest.json)")
+    if not run_dir.is_dir():
+        raise ConfigError(f"run_dir {run_dir} does not exist or is not a directory")
+    kind = rundir.owner(run_dir)
+    if kind not in ("train", "unknown") or not (run_dir / "config.yaml").exists():
+        what = f"a jobs/{kind}.py run" if kind in ("distill", "saie", "evaluate") else "no run"
+        raise ConfigError(
+            f"run_dir {run_dir} holds {what} ({rundir.describe(run_dir)}); this needs a "
+            "jobs/train.py run directory"
+        )
     cfg = config_mod.load(run_dir / "config.yaml")
     keys = [variant_key(k) for k in range(cfg.variants.count)]
     version = latest_version(run_dir, keys)

@@ -22,6 +22,7 @@ from coalition import prompts, stats
 from coalition.checkpoints import load_state
 from coalition.config import Config, ConfigError
 from coalition.models import resolve
+from coalition.preflight import check_train_size
 from coalition.recipes.base import Log, Recipe
 from coalition.records import Example, Prediction
 from coalition.rundir import read_records, write_json, write_records
@@ -119,10 +120,7 @@ class Distill(Recipe):
         super().__init__(cfg, team, run_dir, log)
         self.team, self.teacher = team, teacher
         train = self.task.load("train")
-        if len(train) < cfg.distill.n:
-            raise ConfigError(
-                f"distill.n: {cfg.distill.n} questions asked, task.n_train gives {len(train)}"
-            )
+        check_train_size(cfg, "distill", len(train))
         self.questions = train[: cfg.distill.n]
         self.tok = team.tokenizer_of("student")
 
@@ -214,7 +212,7 @@ class Distill(Recipe):
                     {"prompt": prompt, "completion": prompts.target(mode, r.gold, r.rationale)}
                 )
         if not rows:
-            raise RuntimeError(
+            raise ConfigError(
                 f"distill: the teacher kept no rationale for any of {len(self.questions)} "
                 "questions; raise teacher.samples or distill.n, or use a stronger teacher"
             )

@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 
 from coalition import prompts, warmup
 from coalition.checkpoints import load_state
-from coalition.config import Config, ConfigError
+from coalition.config import Config
 from coalition.engines import sampling
 from coalition.models import resolve
+from coalition.preflight import check_train_size
 from coalition.recipes.base import Log, Recipe
 from coalition.records import Example
 from coalition.rundir import read_records, write_json, write_records
@@ -92,11 +93,7 @@ class SAIE(Recipe):
         self.tok = team.tokenizer_of(LEARNER)
         self.partner_tok = team.tokenizer_of(PARTNER)
         train = self.task.load("train")
-        need = cfg.warmup.n + cfg.saie.pool
-        if len(train) < need:
-            raise ConfigError(
-                f"task.n_train: {len(train)} train questions, but warmup.n + saie.pool = {need}"
-            )
+        check_train_size(cfg, "saie", len(train))
         self.warm_qs = train[: cfg.warmup.n]
         self.pool_source = train[cfg.warmup.n :]
 

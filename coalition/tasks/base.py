@@ -36,6 +36,10 @@ class Task(ABC):
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         """Whether an extracted answer matches the example's gold answer."""
 
+    def origin(self, example: Example) -> str:
+        """Where ``example`` comes from, for error messages (a file's row where known)."""
+        return f"task {self.name!r} question {example.id}"
+
     def check_params(self, allowed: set[str]) -> None:
         """Refuse unknown ``task.params`` keys, naming them and the allowed ones."""
         unknown = set(self.params) - allowed

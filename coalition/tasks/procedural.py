@@ -129,8 +129,13 @@ class ReasoningGymTask(ProceduralTask):
             return reasoning_gym.create_dataset(
                 self.family, size=size, seed=seed, **self._gym_config
             )
-        except TypeError as exc:
+        except TypeError as exc:  # an unknown parameter
             raise TaskError(f"task.params for {self.name!r}: {exc}") from None
+        except (AssertionError, ValueError) as exc:  # reasoning-gym checks ranges by assert
+            raise TaskError(
+                f"task.params for {self.name!r}: {exc or 'values out of range'}; "
+                f"got {self._gym_config}"
+            ) from None
 
     def make(self, seed: int, count: int) -> list[Example]:
         data = self._dataset(seed, max(count, 1))

@@ -39,9 +39,17 @@ def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs of a JSONL file; a bad line raises TaskError naming file and line."""
     if not path.exists():
         raise TaskError(f"task file {path} does not exist")
+    if not path.is_file():
+        raise TaskError(f"task file {path} is a directory; give a JSONL file")
     rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TaskError(
+                    f"{path} row {lineno}: not UTF-8 text (byte {exc.start} of the row)"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -51,6 +59,8 @@ def read_jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise TaskError(f"{path} row {lineno}: expected a JSON object")
             rows.append((lineno, row))
+    if not rows:
+        raise TaskError(f"task file {path} has no rows (it is empty)")
     return rows
 
 
@@ -84,6 +94,7 @@ class JsonlTask(Task):
             )
         self.answer_format = _FORMATS[self.answer_type]
         self.letters = str(self.params.get("choices", "ABCDE"))
+        self.origins: dict[str, str] = {}  # example id -> "file row N", for later errors
         self.fields = {
             "question": self.params.get("question_field", "question"),
             "answer": self.params.get("answer_field", "answer"),
@@ -119,7 +130,11 @@ class JsonlTask(Task):
                     )
                 answer = norm
             out.append(Example(ident, values["question"], answer, rationale))
+            self.origins[ident] = f"{path} row {lineno}"
         return out
+
+    def origin(self, example: Example) -> str:
+        return self.origins.get(example.id) or super().origin(example)
 
     def load(self, split: str) -> list[Example]:
         main = self._read(Path(self.params["path"]))
@@ -133,6 +148,12 @@ class JsonlTask(Task):
             test = [main[i] for i in order[cut:]]
         seen = {ex.question for ex in train}
         test = [ex for ex in test if ex.question not in seen]
+        if split == "test" and not test:
+            where = self.params.get("test_path") or f"30% of {self.params['path']}"
+            raise TaskError(
+                f"task.params: the test split ({where}) is empty once questions that also "
+                "appear in the train file are removed; give a test_path with other questions"
+            )
         return train[: self.n_train] if split == "train" else test[: self.n_test]
 
     def extract(self, text: str) -> str | None:

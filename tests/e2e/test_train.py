@@ -213,3 +213,18 @@ def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
             server.send_signal(signal.SIGINT)
             code = server.wait(timeout=120)
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def test_three_variants_run_on_the_smoke_config(tmp_path):
+    """K = 3 on the same config as K = 2: every trainer and engine fits the local Ray (sized to
+    the run), nothing waits for resources, and every variant is updated and pushed."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs/train.py"), "--config", str(SMOKE), "variants.count=3",
+         f"run_dir={tmp_path}"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["versions"] == {"v0": 2, "v1": 2, "v2": 2}
+    assert set(summary["pairs"]["round1"]) == {"v0", "v1", "v2"}
+    assert set(summary["accuracy"]["round1"]) == {"v0", "v1", "v2"}

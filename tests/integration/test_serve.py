@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from coalition import config
-from tests.conftest import SMOKE, lora_state
+from tests.conftest import make_run_dir
 
-TOKEN = "s3cret"
+TOKEN = "s3cret-token-for-tests"
 APP = "coalition-test"
 
 
@@ -23,30 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_run_dir(path, tiny_path):
-    """A finished smoke run as the training job leaves it: config, variant states, controller."""
-    from coalition import controller as C
-    from coalition.checkpoints import save_state
-    from coalition.engines.hf import HFEngine
-    from coalition.rundir import Manifest, atomic_write
-
-    cfg = config.load(SMOKE, ["deliberation.refine_turns=1"])
-    atomic_write(path / "config.yaml", config.dump(cfg))
-    for stage in ("warmup/train/v0", "warmup/train/v1"):
-        Manifest(path).mark(stage)
-    for k in range(2):
-        save_state(
-            path / "states" / f"v{k}-v1.safetensors", lora_state(tiny_path, k + 1), f"v{k}", 1
-        )
-    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
-    texts = [f"question {i}" for i in range(6)]
-    feats = engine.embed(texts)
-    examples = [C.RoutingExample(f"q{i}", "generate", t, (0.2, 0.7)) for i, t in enumerate(texts)]
-    examples += [C.RoutingExample(f"q{i}", "refine", t, (0.6, 0.1)) for i, t in enumerate(texts)]
-    C.fit(examples, feats + feats, 2, holdout=0.0).save(path / "controller")
-    return path
 
 
 @pytest.fixture(scope="module")

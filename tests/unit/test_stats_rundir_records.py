@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from coalition import stats
 from coalition.records import Example, Prediction
@@ -61,3 +62,57 @@ def test_atomic_write_leaves_no_temp_and_manifest_persists(tmp_path):
     assert not m.done("warmup")
     m.mark("warmup", n=3)
     assert Manifest(tmp_path).done("warmup") and Manifest(tmp_path).info("warmup")["n"] == 3
+
+
+def test_a_finished_stage_whose_outputs_are_gone_or_damaged_is_redone(tmp_path):
+    from coalition import config
+    from coalition.checkpoints import save_state
+    from coalition.recipes.base import Recipe
+    from tests.conftest import SMOKE
+
+    class Quiet:
+        parallel_updates = False
+
+    recipe = Recipe(config.load(SMOKE), Quiet(), tmp_path, log=lambda _: None)
+    calls = []
+
+    def stage():
+        calls.append(1)
+        atomic_write(tmp_path / "round1" / "pairs.jsonl", "x\n")
+        save_state(tmp_path / "states" / "v0-v2.safetensors", {"w": torch.ones(64)}, "v0", 2)
+        return {"n": 1}
+
+    recipe.stage("round1/pairs", stage)
+    assert Manifest(tmp_path).outputs["round1/pairs"] == [
+        "round1/pairs.jsonl",
+        "states/v0-v2.safetensors",
+    ]
+    Recipe(config.load(SMOKE), Quiet(), tmp_path).stage("round1/pairs", stage)
+    assert len(calls) == 1  # intact: skipped
+    (tmp_path / "round1" / "pairs.jsonl").unlink()
+    Recipe(config.load(SMOKE), Quiet(), tmp_path).stage("round1/pairs", stage)
+    assert len(calls) == 2  # an output missing: redone
+    state = tmp_path / "states" / "v0-v2.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    Recipe(config.load(SMOKE), Quiet(), tmp_path).stage("round1/pairs", stage)
+    assert len(calls) == 3  # a truncated state: redone
+    assert Manifest(tmp_path).damaged("round1/pairs") is None
+
+
+def test_run_directory_owners(tmp_path):
+    from coalition.rundir import mark_owner, owner
+
+    assert owner(tmp_path / "none") is None and owner(tmp_path) is None
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    assert owner(tmp_path) is None  # a config but no finished stage: nothing to protect
+    Manifest(tmp_path).mark("eval/base")
+    mark_owner(tmp_path, "saie")
+    assert owner(tmp_path) == "saie"
+    (tmp_path / "run.json").unlink()
+    (tmp_path / "states").mkdir()
+    (tmp_path / "states" / "v0-v1.safetensors").write_bytes(b"")
+    assert owner(tmp_path) == "train"  # a run from before run.json, by what it holds
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert owner(other) == "foreign"
