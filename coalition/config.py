@@ -83,6 +83,10 @@ class GenerationConfig(_Strict):
     n: int = Field(1, ge=1, le=1024)
     batch_size: int = Field(16, ge=1, le=65536)
     seed: Seed = 0
+    # HF engine's decoding loop: lean (coalition/engines/decode.py: fused projections, a
+    # preallocated KV cache; Llama-family models on CPU), hf (transformers' generate, the
+    # reference), auto (lean where it applies)
+    decoder: Literal["auto", "lean", "hf"] = "auto"
 
 
 class EvaluateConfig(_Strict):

@@ -68,7 +68,11 @@ def load_trainable(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=pick_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path,
+        dtype=pick_dtype(dtype),
+        attn_implementation=os.environ.get("COALITION_ATTN", "sdpa"),
+    )
     if mode == "full":
         if state is not None:
             model.load_state_dict(state)
@@ -115,6 +119,10 @@ def _common_args(s: StepSettings, out_dir: str) -> dict[str, Any]:
         # under Ray Train the model is DDP-wrapped; every trainable (LoRA) parameter gets a
         # gradient, so skip DDP's per-step search for unused ones
         "ddp_find_unused_parameters": False,
+        # TRL turns it on by default: it recomputes every forward in the backward to save
+        # activation memory that a small model does not need (measured in docs/benchmarks.md)
+        "gradient_checkpointing": False,
+        "train_sampling_strategy": os.environ.get("COALITION_SAMPLING", "random"),
     }
 
 

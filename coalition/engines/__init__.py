@@ -23,6 +23,7 @@ class EngineSpec:
     trust_remote_code: bool = False
     progress: bool = False
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    decoder: str = "auto"  # hf engine: lean | hf | auto (lean where it applies)
 
     @classmethod
     def of(cls, cfg: Any, progress: bool = False) -> EngineSpec:
@@ -35,6 +36,7 @@ class EngineSpec:
             trust_remote_code=cfg.model.trust_remote_code,
             progress=progress,
             vllm=cfg.vllm,
+            decoder=cfg.generation.decoder,
         )
 
     def open(self, path: str, lora: bool = True) -> Engine:
@@ -49,6 +51,7 @@ class EngineSpec:
                 trust_remote_code=self.trust_remote_code,
                 batch_size=self.batch_size,
                 progress=self.progress,
+                decoder=self.decoder,
             )
         if self.kind == "vllm":
             from coalition.engines.vllm import VLLMEngine

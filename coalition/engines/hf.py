@@ -33,6 +33,7 @@ from coalition.engines.base import (
     stop_ids,
     target_ids,
 )
+from coalition.engines.decode import SUPPORTED, Decoder, supported
 
 
 def pick_device(device: str) -> torch.device:
@@ -55,6 +56,21 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def lean_applies(decoder: str, model: Any, device: torch.device) -> bool:
+    """Whether generation runs on the lean decoder: asked for (``lean``), or ``auto`` on a CPU,
+    for a model family it supports; else transformers' ``generate``."""
+    if decoder == "hf":
+        return False
+    if not supported(model):
+        if decoder == "lean":
+            raise ValueError(
+                f"generation.decoder: lean supports {', '.join(SUPPORTED)} models, not "
+                f"{getattr(model.config, 'model_type', '?')}; use auto or hf"
+            )
+        return False
+    return decoder == "lean" or device.type == "cpu"
+
+
 def pick_dtype(dtype: str, device: torch.device | None = None) -> torch.dtype:
     """``auto`` → bfloat16 where the device computes it natively, else float32."""
     if dtype == "auto":
@@ -71,6 +87,7 @@ class HFEngine(Engine):
         tokenizer: Any,
         batch_size: int = 16,
         progress: bool = True,
+        decoder: str = "auto",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -84,6 +101,8 @@ class HFEngine(Engine):
         # the extra copy of every adapted weight costs memory the small matmuls do not
         self.merge_for_generation = self.device.type == "cpu"
         self._merged: tuple[str, int, dict[str, torch.Tensor]] | None = None  # the last one
+        self.lean = lean_applies(decoder, model, self.device)
+        self._decoder = Decoder() if self.lean else None
 
     @classmethod
     def from_pretrained(
@@ -94,6 +113,7 @@ class HFEngine(Engine):
         trust_remote_code: bool = False,
         batch_size: int = 16,
         progress: bool = True,
+        decoder: str = "auto",
     ) -> HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,7 +121,7 @@ class HFEngine(Engine):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=pick_dtype(dtype, pick_device(device)), trust_remote_code=trust_remote_code
         ).to(pick_device(device))
-        return cls(model, tokenizer, batch_size=batch_size, progress=progress)
+        return cls(model, tokenizer, batch_size=batch_size, progress=progress, decoder=decoder)
 
     # ------------------------------------------------------------------ helpers
 
@@ -192,6 +212,8 @@ class HFEngine(Engine):
         pad = self.tokenizer.pad_token_id
         eos = set(self.eos_ids)
         with self._generating(adapter) as model:
+            if self.lean and (adapter is None or self.merge_for_generation):
+                return self._lean_generate(model, adapter, encoded, order, params)
             for b, batch in enumerate(self._batches(order, "generate")):
                 width = max(len(encoded[i]) for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -232,6 +254,43 @@ class HFEngine(Engine):
                         used = toks if cut is None else toks[:cut]
                         text = self.tokenizer.decode(used, skip_special_tokens=True)
                         results[i].append(Generation(text.strip(), len(used), cut is not None))
+        return results
+
+    def _lean_generate(
+        self,
+        model: Any,
+        adapter: str | None,
+        encoded: list[list[int]],
+        order: list[int],
+        params: SamplingParams,
+    ) -> list[list[Generation]]:
+        """:meth:`generate` through the lean decoder (same batches, seeds and outputs' form)."""
+        assert self._decoder is not None
+        results: list[list[Generation]] = [[] for _ in encoded]
+        eos = set(self.eos_ids)
+        draws = 1 if params.greedy else params.n
+        state = (adapter, self._versions.get(adapter or "weights"))  # what the weights are now
+        for b, batch in enumerate(self._batches(order, "generate")):
+            outs = self._decoder.generate(
+                model,
+                state,
+                [encoded[i] for i in batch],
+                params.max_new_tokens,
+                eos,
+                self.tokenizer.pad_token_id,
+                temperature=0.0 if params.greedy else params.temperature,
+                top_p=params.top_p,
+                draws=draws,
+                seed=params.seed + b,
+                ignore_eos=params.ignore_eos,
+            )
+            for row, i in enumerate(batch):
+                for k in range(params.n):
+                    toks = outs[row * draws + k % draws]
+                    cut = next((j for j, t in enumerate(toks) if t in eos), None)
+                    used = toks if cut is None else toks[:cut]
+                    text = self.tokenizer.decode(used, skip_special_tokens=True)
+                    results[i].append(Generation(text.strip(), len(used), cut is not None))
         return results
 
     # ------------------------------------------------------------------ score

