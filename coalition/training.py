@@ -68,10 +68,11 @@ def load_trainable(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # on a CPU, eager attention's backward is faster than SDPA's at these lengths (measured in
+    # docs/benchmarks.md); GPUs keep SDPA
+    attention = "sdpa" if torch.cuda.is_available() else "eager"
     model = AutoModelForCausalLM.from_pretrained(
-        base_path,
-        dtype=pick_dtype(dtype),
-        attn_implementation=os.environ.get("COALITION_ATTN", "sdpa"),
+        base_path, dtype=pick_dtype(dtype), attn_implementation=attention
     )
     if mode == "full":
         if state is not None:
@@ -122,8 +123,25 @@ def _common_args(s: StepSettings, out_dir: str) -> dict[str, Any]:
         # TRL turns it on by default: it recomputes every forward in the backward to save
         # activation memory that a small model does not need (measured in docs/benchmarks.md)
         "gradient_checkpointing": False,
-        "train_sampling_strategy": os.environ.get("COALITION_SAMPLING", "random"),
     }
+
+
+def _score_labels_only_on_cpu() -> None:
+    """TRL's fused LM head scores only the positions that have a label on Triton devices and
+    every position elsewhere (to keep tile shapes fixed for compilers that would recompile).
+    On a CPU nothing recompiles, and scoring the prompt and padding positions too costs 40% of a
+    step (measured): score the labels only there as well. Same values (tests)."""
+    from trl.trainer import utils
+
+    original = utils._use_triton
+    if getattr(original, "_coalition", False):
+        return
+
+    def use_compact(device: Any) -> bool:
+        return device.type == "cpu" or original(device)
+
+    use_compact._coalition = True  # type: ignore[attr-defined]
+    utils._use_triton = use_compact
 
 
 def _summarise(trainer: Any) -> dict[str, float]:
@@ -156,6 +174,7 @@ def _fit(
 
     if not rows:
         raise ValueError(f"{trainer_cls.__name__} needs at least one row")
+    _score_labels_only_on_cpu()
     torch.manual_seed(settings.seed)
     if settings.log_dir:  # read by transformers' TensorBoard callback (tensorboardX suffices)
         os.environ["TENSORBOARD_LOGGING_DIR"] = settings.log_dir
@@ -189,7 +208,11 @@ def sft(
 
     def make_args(out_dir: str) -> Any:
         return SFTConfig(
-            **_common_args(settings, out_dir), completion_only_loss=True, packing=False
+            **_common_args(settings, out_dir),
+            completion_only_loss=True,
+            packing=False,
+            # batches of rows of similar length (in shuffled order): less padding to compute
+            train_sampling_strategy="group_by_length",
         )
 
     return _fit(SFTTrainer, make_args, model, tokenizer, rows, settings, prepare)

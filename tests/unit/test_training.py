@@ -86,3 +86,36 @@ def test_dpo_with_nll_term_raises_the_chosen_likelihood(tiny_path):
     assert metrics["loss_first"] > math.log(2) + 0.1
     engine.set_adapter("rpo", new, 2, SPEC)
     assert sum(s.sum for s in engine.score(prompts, chosen, "rpo")) > before
+
+
+def test_labels_only_scoring_on_cpu_gives_the_same_log_probs(tiny_path):
+    """TRL's fused LM head scores every position off Triton devices; on a CPU we score only the
+    labelled ones: the same per-token log-probs and loss, and gradients flow."""
+    from trl.trainer import utils
+
+    model, _ = training.load_trainable(tiny_path, "lora", SPEC, None)
+    utils.add_fused_lm_head(model.get_base_model())
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 17))
+    labels = ids.clone()
+    labels[:, :9] = -100
+    labels[2, 12:] = -100
+
+    def run():
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grad = next(p.grad for n, p in model.named_parameters() if "lora_B" in n).clone()
+        model.zero_grad()
+        return out.log_probs.detach(), out.loss.detach(), grad
+
+    original = utils._use_triton
+    try:
+        utils._use_triton = lambda device: False  # TRL's own choice on a CPU
+        every = run()
+        training._score_labels_only_on_cpu()
+        assert utils._use_triton(torch.device("cpu"))
+        labelled = run()
+    finally:
+        utils._use_triton = original
+    for a, b in zip(every, labelled, strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
