@@ -401,3 +401,62 @@ def suite(
         out["shapes"][shape] = res
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+# ---------------------------------------------------------------------- the machine's bounds
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo; the platform's name elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int, seconds: float = 1.0) -> dict[str, Any]:
+    """What ``threads`` torch threads of this machine can do, measured now: dense matmul
+    FLOP/s in bf16 and fp32 (1024×1024×1024, the best of several), and memory bandwidth
+    reading a 512 MiB tensor (what decoding streams: weights and KV cache)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def best(fn: Callable[[], Any]) -> float:
+        fn()
+        times, deadline = [], time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(times) < 3:
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    out: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads}
+    n = 1024
+    for dtype in ("bfloat16", "float32"):
+        a = torch.randn(n, n, dtype=getattr(torch, dtype))
+        b = torch.randn(n, n, dtype=getattr(torch, dtype))
+        out[f"{dtype}_tflops"] = round(2 * n**3 / best(lambda a=a, b=b: a @ b) / 1e12, 3)
+    big = torch.ones(128 * 1024 * 1024)  # 512 MiB of fp32
+    out["read_gbps"] = round(big.numel() * 4 / best(lambda: big.sum()) / 1e9, 2)
+    return out
+
+
+def decode_bound(
+    config: Any, batch: int, context: float, weight_bytes: int, flops_per_s: float, gbps: float
+) -> float:
+    """Tokens/s a decoding step can reach at ``batch`` rows of ``context`` tokens each: it must
+    read every weight and every row's KV cache once (memory) and do 2 FLOPs per weight per row
+    (compute); the slower of the two bounds it."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2  # bf16
+    memory_s = (weight_bytes + batch * context * kv_bytes) / (gbps * 1e9)
+    compute_s = batch * 2 * (weight_bytes / 2) / (flops_per_s * 1e12)
+    return batch / max(memory_s, compute_s)

@@ -43,6 +43,9 @@ class StepSettings:
     precompute_ref: bool = True  # reference log-probs once, not again every epoch
     seed: int = 0
     log_dir: str | None = None  # TensorBoard event files of this update (None: no TensorBoard)
+    # False: TRL's own defaults on a CPU (gradient checkpointing, every position scored, SDPA,
+    # random batches) — the reference jobs/bench.py laptop measures the lean path against
+    lean: bool = True
 
 
 def settings_from(cfg: Any, seed: int, log_dir: Path | None = None) -> StepSettings:
@@ -59,7 +62,12 @@ def lora_spec(cfg: Any) -> LoraSpec:
 
 
 def load_trainable(
-    base_path: str, mode: str, spec: LoraSpec, state: State | None, dtype: str = "float32"
+    base_path: str,
+    mode: str,
+    spec: LoraSpec,
+    state: State | None,
+    dtype: str = "float32",
+    lean: bool = True,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) ready to train: a PEFT model whose "default" adapter holds ``state``
     (fresh LoRA when None), or the full model with ``state`` loaded (``mode: full``)."""
@@ -70,7 +78,7 @@ def load_trainable(
         tokenizer.pad_token = tokenizer.eos_token
     # on a CPU, eager attention's backward is faster than SDPA's at these lengths (measured in
     # docs/benchmarks.md); GPUs keep SDPA
-    attention = "sdpa" if torch.cuda.is_available() else "eager"
+    attention = "sdpa" if torch.cuda.is_available() or not lean else "eager"
     model = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=pick_dtype(dtype), attn_implementation=attention
     )
@@ -122,7 +130,7 @@ def _common_args(s: StepSettings, out_dir: str) -> dict[str, Any]:
         "ddp_find_unused_parameters": False,
         # TRL turns it on by default: it recomputes every forward in the backward to save
         # activation memory that a small model does not need (measured in docs/benchmarks.md)
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": not s.lean,
     }
 
 
@@ -138,10 +146,13 @@ def _score_labels_only_on_cpu() -> None:
         return
 
     def use_compact(device: Any) -> bool:
-        return device.type == "cpu" or original(device)
+        return (device.type == "cpu" and _LABELS_ONLY[0]) or original(device)
 
     use_compact._coalition = True  # type: ignore[attr-defined]
     utils._use_triton = use_compact
+
+
+_LABELS_ONLY = [True]  # off for an update with ``lean=False``
 
 
 def _summarise(trainer: Any) -> dict[str, float]:
@@ -175,6 +186,7 @@ def _fit(
     if not rows:
         raise ValueError(f"{trainer_cls.__name__} needs at least one row")
     _score_labels_only_on_cpu()
+    _LABELS_ONLY[0] = settings.lean
     torch.manual_seed(settings.seed)
     if settings.log_dir:  # read by transformers' TensorBoard callback (tensorboardX suffices)
         os.environ["TENSORBOARD_LOGGING_DIR"] = settings.log_dir
@@ -212,7 +224,7 @@ def sft(
             completion_only_loss=True,
             packing=False,
             # batches of rows of similar length (in shuffled order): less padding to compute
-            train_sampling_strategy="group_by_length",
+            train_sampling_strategy="group_by_length" if settings.lean else "random",
         )
 
     return _fit(SFTTrainer, make_args, model, tokenizer, rows, settings, prepare)
@@ -262,7 +274,7 @@ def run_update(
 ) -> tuple[State, dict[str, float]]:
     """Load a variant, run one SFT or DPO update on ``rows``, return its new state and metrics."""
     torch.manual_seed(settings.seed)  # a fresh LoRA's init is random too: same seed, same run
-    model, tokenizer = load_trainable(base_path, mode, spec, state, dtype)
+    model, tokenizer = load_trainable(base_path, mode, spec, state, dtype, settings.lean)
     step = {"sft": sft, "dpo": dpo}[kind]
     metrics = step(model, tokenizer, rows, settings, prepare)
     return export_state(model), metrics

