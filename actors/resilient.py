@@ -11,6 +11,8 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from coalition import progress
+
 LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
@@ -95,8 +97,26 @@ def free_resources() -> str:
     )
 
 
-def gather(calls: Sequence[tuple[Resilient, str, tuple[Any, ...]]]) -> list[Any]:
+def gather(
+    calls: Sequence[tuple[Resilient, str, tuple[Any, ...]]],
+    sizes: Sequence[int] | None = None,
+    unit: str = "",
+) -> list[Any]:
     """Submit every call first (so different actors work in parallel), then collect each with
-    its own retry."""
+    its own retry, in the order they finish; with ``sizes`` (items per call) the stage's live
+    progress line counts the ``unit`` done."""
     refs = [h.submit(m, *a) for h, m, a in calls]
-    return [h.get(ref, m, *a) for (h, m, a), ref in zip(calls, refs, strict=True)]
+    task = progress.current()
+    if sizes is not None:
+        task.expect(sum(sizes), unit)
+    out: list[Any] = [None] * len(calls)
+    index = {ref: i for i, ref in enumerate(refs)}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        i = index[ready[0]]
+        h, m, a = calls[i]
+        out[i] = h.get(ready[0], m, *a)
+        if sizes is not None:
+            task.advance(sizes[i])
+    return out

@@ -90,7 +90,8 @@ class RayTeam(Team):
                 calls.append((self._host(name), "generate", args))
                 owners.append(name)
         out: dict[str, list[Any]] = {name: [] for name in jobs}
-        for name, result in zip(owners, gather(calls), strict=True):
+        sizes = [len(c[2][1]) * params.n for c in calls]
+        for name, result in zip(owners, gather(calls, sizes, "generations"), strict=True):
             out[name].extend(result)
         return out
 
@@ -111,7 +112,8 @@ class RayTeam(Team):
                 calls.append((self._host(name), "evaluate", args))
                 owners.append(name)
         out: dict[str, list[Any]] = {name: [] for name in names}
-        for name, result in zip(owners, gather(calls), strict=True):
+        sizes = [len(c[2][2]) for c in calls]
+        for name, result in zip(owners, gather(calls, sizes, "questions"), strict=True):
             out[name].extend(result)
         return out
 

@@ -29,6 +29,7 @@ import ray
 
 from actors.resilient import Resilient, gather
 from actors.session import QUIET
+from coalition import progress
 from coalition.engines.base import LoraSpec
 from coalition.training import State, StepSettings, run_update, threads_for
 from coalition.weightsync import Channel, Members, fingerprint
@@ -130,6 +131,7 @@ class Mailbox:
         self.finished = 0  # requests [0, finished) have a result (or were collected)
         self.taken = -1  # the latest request a worker started
         self.pids: dict[int, int] = {}
+        self.progress: dict[int, tuple[int, int, float | None]] = {}
         self._changed: asyncio.Condition | None = None
 
     def _cond(self) -> asyncio.Condition:
@@ -174,6 +176,16 @@ class Mailbox:
     async def status(self) -> dict[str, Any]:
         return {"submitted": len(self.requests), "taken": self.taken, "pids": dict(self.pids)}
 
+    async def report(self, seq: int, step: int, total: int, loss: float | None) -> None:
+        """Rank 0's latest step of request ``seq`` (for the driver's live progress line); a
+        log without a loss (the closing summary) keeps the last one."""
+        if loss is None and seq in self.progress:
+            loss = self.progress[seq][2]
+        self.progress[seq] = (step, total, loss)
+
+    async def progress_of(self, seq: int) -> tuple[int, int, float | None] | None:
+        return self.progress.get(seq)
+
 
 def _serve_loop(config: dict[str, Any]) -> None:
     """A worker of a persistent trainer: run each requested update until told to stop."""
@@ -197,6 +209,12 @@ def _serve_loop(config: dict[str, Any]) -> None:
             seq += 1
             continue
         state = ray.get(request["state"]) if request["state"] is not None else None
+
+        def prepare(trainer: Any, seq: int = seq) -> Any:
+            if rank == 0:
+                trainer.add_callback(step_reporter(mailbox, seq))
+            return prepare_trainer(trainer)
+
         new_state, metrics = run_update(
             request["kind"],
             config["base_path"],
@@ -206,13 +224,25 @@ def _serve_loop(config: dict[str, Any]) -> None:
             request["rows"],
             request["settings"],
             config["dtype"],
-            prepare=prepare_trainer,
+            prepare=prepare,
         )
         if rank == 0:  # the driver fetches the state at once; the worker owns the object
             latest = new_state
             ray.get(mailbox.finish.remote(seq, {"state": ray.put(new_state), "metrics": metrics}))
         ray.train.report({**metrics, "update": request["name"]})
         seq += 1
+
+
+def step_reporter(mailbox: Any, seq: int) -> Any:
+    """A transformers callback telling the mailbox each logged step and loss (every step)."""
+    from transformers import TrainerCallback
+
+    class StepReporter(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            loss = (logs or {}).get("loss")
+            mailbox.report.remote(seq, state.global_step, state.max_steps, loss)
+
+    return StepReporter()
 
 
 def _send(members: Members, request: dict[str, Any], latest: State | None) -> dict[str, Any]:
@@ -327,9 +357,17 @@ class PersistentTrainer:
             if done:
                 raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
             self._check_started()
+            self._show(seq)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"trainer {self.name}: request {seq} not done in {timeout}s")
+        self._show(seq)  # the last step (rank 0 reports it before the result)
         return out
+
+    def _show(self, seq: int) -> None:
+        """Request ``seq``'s latest step and loss on the stage's live progress line."""
+        if (step := ray.get(self.mailbox.progress_of.remote(seq))) is not None:
+            extra = {} if step[2] is None else {"loss": step[2]}
+            progress.current().set(step[0], step[1], "steps", **extra)
 
     def _check_started(self) -> None:
         """Past the start deadline with workers still missing: the cluster cannot place them

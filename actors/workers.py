@@ -126,7 +126,8 @@ class RayWorkers(Workers):
                 calls.append((self._host_for(key), "generate", (key, chunk, params, expect)))
                 owners.append(key)
         out: dict[str | None, list[Any]] = {key: [] for key in jobs}
-        for key, result in zip(owners, gather(calls), strict=True):
+        sizes = [len(c[2][1]) * params.n for c in calls]
+        for key, result in zip(owners, gather(calls, sizes, "generations"), strict=True):
             out[key].extend(result)
         return out
 
@@ -139,7 +140,8 @@ class RayWorkers(Workers):
             )
             for i in range(0, len(prompts), self.chunk)
         ]
-        return [u for part in gather(calls) for u in part]
+        sizes = [len(c[2][1]) for c in calls]
+        return [u for part in gather(calls, sizes, "scores") for u in part]
 
     def features(self, prompts):
         host = self._host_for(None)  # the frozen base
@@ -161,7 +163,8 @@ class RayWorkers(Workers):
                 )
                 owners.append(key)
         out: dict[str | None, list[Any]] = {key: [] for key in keys}
-        for key, result in zip(owners, gather(calls), strict=True):
+        sizes = [len(c[2][2]) for c in calls]
+        for key, result in zip(owners, gather(calls, sizes, "questions"), strict=True):
             out[key].extend(result)
         return out
 

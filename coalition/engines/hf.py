@@ -270,7 +270,7 @@ class HFEngine(Engine):
         eos = set(self.eos_ids)
         draws = 1 if params.greedy else params.n
         state = (adapter, self._versions.get(adapter or "weights"))  # what the weights are now
-        for b, batch in enumerate(self._batches(order, "generate")):
+        for batch in self._batches(order, "generate"):
             outs = self._decoder.generate(
                 model,
                 state,
@@ -281,7 +281,7 @@ class HFEngine(Engine):
                 temperature=0.0 if params.greedy else params.temperature,
                 top_p=params.top_p,
                 draws=draws,
-                seed=params.seed + b,
+                seed=params.seed,  # rows seed themselves: the same samples in any batching
                 ignore_eos=params.ignore_eos,
             )
             for row, i in enumerate(batch):

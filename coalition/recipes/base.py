@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coalition import stats
+from coalition import progress, stats
 from coalition.checkpoints import save_state
 from coalition.config import Config
 from coalition.engines import sampling
@@ -34,7 +34,7 @@ class Recipe:
     """Stages, metrics and evaluation of one run; ``models`` is the recipe's Workers or Team
     (anything with ``evaluate`` and ``parallel_updates``)."""
 
-    def __init__(self, cfg: Config, models: Any, run_dir: Path, log: Log = print):
+    def __init__(self, cfg: Config, models: Any, run_dir: Path, log: Log = progress.echo):
         self.cfg, self.workers, self.dir, self.log = cfg, models, Path(run_dir), log
         self.manifest = Manifest(self.dir)
         self.task: Task = from_config(cfg.task)
@@ -64,7 +64,7 @@ class Recipe:
                 self.manifest.forget(name)
         self.log(f"[stage] {name} …")
         start = time.perf_counter()
-        with recording() as outputs:
+        with recording() as outputs, progress.tracking(name):
             info = fn() or {}
         seconds = round(time.perf_counter() - start, 2)
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Any
 
 from coalition import controller as C
 from coalition import pairs as P
-from coalition import prompts, scoring, stats, warmup
+from coalition import progress, prompts, scoring, stats, warmup
 from coalition.checkpoints import load_state
 from coalition.config import Config, ConfigError
 from coalition.engines import sampling
@@ -43,7 +43,7 @@ class Run(Recipe):
         cfg: Config,
         workers: Workers,
         run_dir: Path,
-        log: Log = print,
+        log: Log = progress.echo,
         on_eval: OnEval | None = None,
     ):
         """``on_eval(round, accuracy)`` is called after the warm-up (round 0) and each round's

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from coalition import prompts, stats
+from coalition import progress, prompts, stats
 from coalition.checkpoints import load_state
 from coalition.config import Config, ConfigError
 from coalition.models import resolve
@@ -116,7 +116,9 @@ def judge(
 class Distill(Recipe):
     """One Fine-tune-CoT run over a run directory."""
 
-    def __init__(self, cfg: Config, team: Team, teacher: Teacher, run_dir: Path, log: Log = print):
+    def __init__(
+        self, cfg: Config, team: Team, teacher: Teacher, run_dir: Path, log: Log = progress.echo
+    ):
         super().__init__(cfg, team, run_dir, log)
         self.team, self.teacher = team, teacher
         train = self.task.load("train")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from coalition import prompts, warmup
+from coalition import progress, prompts, warmup
 from coalition.checkpoints import load_state
 from coalition.config import Config
 from coalition.engines import sampling
@@ -87,7 +87,7 @@ def stances(qids: list[str], ratio: float, seed: int) -> dict[str, str]:
 class SAIE(Recipe):
     """One SAIE run over a run directory."""
 
-    def __init__(self, cfg: Config, team: Team, run_dir: Path, log: Log = print):
+    def __init__(self, cfg: Config, team: Team, run_dir: Path, log: Log = progress.echo):
         super().__init__(cfg, team, run_dir, log)
         self.team = team
         self.tok = team.tokenizer_of(LEARNER)

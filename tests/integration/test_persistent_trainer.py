@@ -4,6 +4,7 @@ restarted by Ray Train and the update redone."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -84,3 +85,24 @@ def test_worker_killed_mid_update_is_restarted_and_the_update_redone(trainer, ra
     thread.join(timeout=600)
     assert result["metrics"]["steps"] == 30 * 8
     assert ray_session.get(trainer.mailbox.status.remote())["pids"][0] != first
+
+
+def test_the_driver_sees_the_updates_steps_and_loss_live(trainer):
+    """Rank 0 reports each logged step to the mailbox; the driver's wait puts it on the
+    stage's live progress line (steps done of the total, the loss)."""
+    from coalition import progress
+
+    board = progress.Board(stream=io.StringIO(), every=60.0)
+    seen = []
+    with board.task("warmup/train/v0") as task:
+        original = task.set
+
+        def spy(done, total, unit, **extra):
+            seen.append((done, total, unit, extra))
+            original(done, total, unit, **extra)
+
+        task.set = spy
+        rows = sft_rows(64)
+        trainer.update("sft", None, rows, StepSettings(lr=1e-3, epochs=3, batch_size=4, seed=1))
+    assert seen and all(unit == "steps" and total == 48 for _, total, unit, _ in seen)
+    assert any("loss" in extra for *_, extra in seen)

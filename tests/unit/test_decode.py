@@ -121,3 +121,14 @@ def test_an_unsupported_model_falls_back_to_generate(tiny_path):
     assert not lean_applies("auto", model, torch.device("cpu"))
     with pytest.raises(ValueError, match="generation.decoder: lean supports llama"):
         lean_applies("lean", model, torch.device("cpu"))
+
+
+def test_samples_do_not_depend_on_the_batching(tiny_path):
+    """Each row draws from a generator seeded by the call's seed, its prompt and its draw, so
+    the engine's batch size (or an actor's chunk) does not change what is sampled."""
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.95, n=2, seed=11)
+    outs = []
+    for batch in (1, 2, 5):
+        engine = HFEngine.from_pretrained(tiny_path, device="cpu", batch_size=batch, progress=False)
+        outs.append(texts(engine.generate(PROMPTS, params)))
+    assert outs[0] == outs[1] == outs[2]
