@@ -6,6 +6,7 @@ User mistakes (config, task data) end the job with exit code 2 and one line on s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -104,23 +105,25 @@ def prepare_run_dir(cfg: Config, job: str) -> tuple[Path, bool]:
 
 
 def _job_name(job: str) -> str:
-    return f"jobs/{job}.py" if job in ("train", "distill", "saie", "evaluate") else f"a {job}"
+    known = ("train", "ablate", "distill", "saie", "evaluate")
+    return f"jobs/{job}.py" if job in known else f"a {job}"
 
 
-RESUMABLE_CHANGES = {"rounds", "ray", "run_dir", "evaluate.bootstrap"}
+# an ablation may add arms (each arm's directory is checked against its own config)
+RESUMABLE_CHANGES = {"rounds", "ray", "run_dir", "evaluate.bootstrap", "ablate"}
 FREE_CHANGES = {"ray", "run_dir"}  # do not change a finished run's results
 
 
 def check_combination(cfg: Config, job: str = "train") -> None:
     """Settings that are each valid but do not work together (for ``job``)."""
     source = cfg.warmup.rationales_from
-    uses_warmup = job in ("train", "saie")
+    uses_warmup = job in ("train", "ablate", "saie")
     if uses_warmup and source not in ("auto", "gold", "self") and not Path(source).is_dir():
         raise ConfigError(
             f"warmup.rationales_from: {source!r} is neither auto, gold, self nor a "
             "jobs/distill.py run directory"
         )
-    if job == "train" and cfg.variants.mode == "full" and cfg.scorer == "variants_mean":
+    if job in ("train", "ablate") and cfg.variants.mode == "full" and cfg.scorer == "variants_mean":
         raise ConfigError(
             "scorer: 'variants_mean' needs variants.mode: lora (it scores with every variant on one "
             "base); with variants.mode: full use scorer: ift_all or base"
@@ -148,6 +151,8 @@ def _changes(cfg: Config, run_dir: Path, allowed: set[str]) -> list[str]:
         raise ConfigError(
             f"{old_path} is damaged; it is the config this run was made with. Restore it"
         ) from None
+    with contextlib.suppress(ConfigError):  # keys the schema gained since read as defaults
+        old = config_mod.validate(old).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
     return [
         key

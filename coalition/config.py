@@ -360,6 +360,26 @@ class BenchConfig(_Strict):
     repeats: int = Field(3, ge=1)
 
 
+class AblateConfig(_Strict):
+    """jobs/ablate.py: training arms that share one warm-up. Each arm is dotted overrides of
+    the round-level keys (``coalition.ablation.ROUND_KEYS``); the first arm is the reference
+    every other is compared to."""
+
+    arms: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_names(cls, arms: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not arms:
+            raise ValueError("needs at least one arm (the reference), e.g. {default: {}}")
+        for name in arms:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+                raise ValueError(
+                    f"arm name {name!r}: letters, digits, '_', '.', '-' (a directory name)"
+                )
+        return arms
+
+
 class Config(_Strict):
     """The whole config; each job reads the sections it needs."""
 
@@ -383,6 +403,12 @@ class Config(_Strict):
     # with the filter on, also drop pairs whose chosen side has U below this floor (0: the
     # paper's filter alone); keeps best-of-wrong rationales from being taught as preferred
     filter_min_utility: float = Field(0.0, ge=0.0, le=1.0)
+    # which generation pairs a variant learns from: its own part of the 2K-way split (the
+    # paper), or every question's (K times the pairs, the same ones for every variant)
+    pairs: Literal["split", "all"] = "split"
+    # sro: DPO (+ NLL) on the pairs; rft: SFT on the chosen sides only (the rejection-sampling
+    # baseline: the same rationales and steps, without the rejected side)
+    update: Literal["sro", "rft"] = "sro"
     scorer: Literal["ift_all", "variants_mean", "base"] = "variants_mean"
     variants: VariantsConfig = Field(default_factory=VariantsConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
@@ -396,6 +422,7 @@ class Config(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     saie: SAIEConfig = Field(default_factory=SAIEConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    ablate: AblateConfig = Field(default_factory=AblateConfig)
 
     @model_validator(mode="after")
     def _vllm_fits_adapters(self) -> Config:
@@ -490,7 +517,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted override set (intermediate dicts created)."""
-    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    out = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False)) or {}  # arm order matters
     for text in overrides:
         keys, value = parse_override(text)
         node = out
@@ -504,7 +531,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path, _seen: set[Path] | None = None) -> dict[str, Any]:
+    """A config file as a dict; ``extends: other.yaml`` (relative to the file) lays this file's
+    keys over that file's."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -526,7 +555,26 @@ def load_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping of sections")
-    return raw
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {path}: extends must be a path to another config file")
+    if _seen is not None and path.resolve() in _seen:
+        raise ConfigError(f"config file {path}: extends loops back to itself")
+    seen = (_seen or set()) | {path.resolve()}
+    return _merged(load_yaml(path.parent / parent, seen), raw)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top, section by section (mappings merge, values replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load(path: Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -42,7 +42,13 @@ class Need:
 
 
 def check(cfg: Config, job: str, notice: Notice = print) -> None:
-    """Every check a job can make before it starts (``job``: train, distill, saie, evaluate)."""
+    """Every check a job can make before it starts (``job``: train, ablate, distill, saie,
+    evaluate)."""
+    if job == "ablate":  # every arm is a train run from one warm-up: check the widest arm
+        from coalition.ablation import arm_configs
+
+        cfg = max(arm_configs(cfg).values(), key=lambda arm: arm.pool)
+        job = "train"
     paths = model_paths(cfg, job)
     task = tasks.from_config(cfg.task)
     train, test = load_splits(task, cfg, job)

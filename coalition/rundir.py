@@ -140,6 +140,25 @@ class Manifest:
                     return f"{rel} is damaged"
         return None
 
+    def adopt(self, stage: str, source: Manifest) -> None:
+        """Take ``source``'s finished ``stage`` as this run's own: its outputs linked (copied
+        where links cannot be made) to the same paths here, its record noting where it came
+        from. How arms of an ablation share the stages they have in common."""
+        if source.damaged(stage) is not None:
+            raise ConfigError(f"{source.dir}: stage {stage} is {source.damaged(stage)}")
+        for rel in source.outputs.get(stage, []):
+            src, dst = source.dir / rel, self.dir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system, or one without hard links
+                atomic_write(dst, src.read_bytes())
+        origin = os.path.relpath(source.dir.resolve(), self.dir.resolve())
+        self.stages[stage] = {**source.stages[stage], "adopted_from": origin}
+        self.outputs[stage] = list(source.outputs.get(stage, []))
+        self._write()
+
     def forget(self, stage: str) -> None:
         """Drop ``stage`` from the finished ones, so it is redone."""
         self.stages.pop(stage, None)
@@ -191,7 +210,8 @@ def owner(path: Path) -> str | None:
         return "foreign"
     manifest = path / "manifest.json"
     stages = read_manifest(manifest) if manifest.exists() else {}
-    if not stages and not (path / "summary.json").exists():
+    has_arms = (path / "arms").is_dir() and any((path / "arms").iterdir())  # jobs/ablate.py
+    if not stages and not (path / "summary.json").exists() and not has_arms:
         return None
     if (path / RUN_FILE).exists():
         try:

@@ -96,6 +96,9 @@ class HFEngine(Engine):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._versions: dict[str, int] = {}
+        # installs so far: names a state even when a version number is installed twice with
+        # other weights (an ablation's arms each have their own "version 2")
+        self._installs: dict[str, int] = {}
         self._peft: Any = None  # PeftModel once the first adapter is installed
         # generation on merged weights (see the module docstring): CPU only, since on a GPU
         # the extra copy of every adapted weight costs memory the small matmuls do not
@@ -269,7 +272,8 @@ class HFEngine(Engine):
         results: list[list[Generation]] = [[] for _ in encoded]
         eos = set(self.eos_ids)
         draws = 1 if params.greedy else params.n
-        state = (adapter, self._versions.get(adapter or "weights"))  # what the weights are now
+        name = adapter or "weights"
+        state = (name, self._versions.get(name), self._installs.get(name))  # the weights now
         for batch in self._batches(order, "generate"):
             outs = self._decoder.generate(
                 model,
@@ -378,6 +382,7 @@ class HFEngine(Engine):
         self._peft.eval()
         self._versions[name] = version
         self._merged = None
+        self._installs[name] = self._installs.get(name, 0) + 1
 
     def load_adapter(self, name: str, path: str, version: int = 0) -> None:
         from peft import PeftModel
@@ -391,6 +396,7 @@ class HFEngine(Engine):
             self._peft.eval()
         self._versions[name] = version
         self._merged = None
+        self._installs[name] = self._installs.get(name, 0) + 1
 
     def set_weights(self, state: dict[str, Any], version: int) -> None:
         """Replace the base model's weights (``variants.mode: full``); reported as "weights"."""
@@ -404,6 +410,7 @@ class HFEngine(Engine):
             )
         self.model.eval()
         self._versions["weights"] = version
+        self._installs["weights"] = self._installs.get("weights", 0) + 1
 
     def versions(self) -> dict[str, int]:
         return dict(self._versions)

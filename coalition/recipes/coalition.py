@@ -118,7 +118,8 @@ class Run(Recipe):
         return [src[(start + i) % len(src)] for i in range(n)]
 
     def layout(self, r: int) -> tuple[list[list[str]], dict[str, int], dict[str, int]]:
-        """2K disjoint parts; per question the variant that learns from it (gen or refine)."""
+        """2K disjoint parts; per question the variant that learns from it (gen or refine;
+        with ``pairs: all`` every variant learns from every generation pair)."""
         pool = self.pool(r)
         parts = P.partition([ex.id for ex in pool], 2 * self.K, self.cfg.seed + r)
         gen_owner, ref_owner = {}, {}
@@ -204,11 +205,13 @@ class Run(Recipe):
         floor = self.cfg.filter_min_utility
         kept: list[P.Pair] = []
         reasons: dict[str, Counter] = {key: Counter() for key in self.keys}
-        for qid, k in sorted(gen_owner.items()):
+        for qid, owner in sorted(gen_owner.items()):
             d = P.select_generation(by_qid[qid], u0[qid], self.cfg.filter, floor)
-            reasons[self.keys[k]][f"generate:{d.reason}"] += 1
-            if d.kept:
-                kept.append(self._pair(k, "generate", self.render("rationale", pool[qid]), d))
+            learners = range(self.K) if self.cfg.pairs == "all" else [owner]
+            for k in learners:
+                reasons[self.keys[k]][f"generate:{d.reason}"] += 1
+                if d.kept:
+                    kept.append(self._pair(k, "generate", self.render("rationale", pool[qid]), d))
         if self.cfg.refine != "none":
             for qid, k in sorted(ref_owner.items()):
                 guide = P.guide_of(k, self.K, self.cfg.refine)
@@ -254,9 +257,12 @@ class Run(Recipe):
         settings = settings_from(
             self.cfg.sro, self.cfg.seed + 1000 * r + k, self.tb_dir(f"round{r}-{key}")
         )
-        new_state, metrics = self.workers.train("dpo", key, state, rows, settings)
+        if self.cfg.update == "rft":  # the same chosen rationales as SFT targets, no rejected side
+            rows = [{"prompt": x["prompt"], "completion": x["chosen"]} for x in rows]
+        kind = "dpo" if self.cfg.update == "sro" else "sft"
+        new_state, metrics = self.workers.train(kind, key, state, rows, settings)
         self.save(key, new_state, r + 1)
-        return {"pairs": len(rows), **metrics}
+        return {"pairs": len(rows), "update": self.cfg.update, **metrics}
 
     # ------------------------------------------------------------------ controller
 

@@ -100,3 +100,56 @@ def test_saie_job_then_a_discussion_of_its_learner(tmp_path):
     talked = json.loads((tmp_path / "evaluation" / "discussion-2x1" / "summary.json").read_text())
     assert talked["agents"] == ["learner", "learner"] and talked["models"] == "learner v2"
     assert len(talked["majority_per_round"]) == 2
+
+
+def test_ablate_arms_share_one_warmup_and_what_else_they_agree_on(tmp_path):
+    """Four arms from one warm-up: each later arm links the reference's warm-up, and the round-1
+    stages whose settings agree with an earlier arm's; one table compares them."""
+    cfg = REPO / "configs/ablations/smoke.yaml"
+    proc = run_job(REPO / "jobs/ablate.py", "--config", cfg, f"run_dir={tmp_path}")
+    arms = {name: tmp_path / "arms" / name for name in ("default", "rft", "self", "all_pairs")}
+
+    def stages(name):
+        return json.loads((arms[name] / "manifest.json").read_text())["stages"]
+
+    def adopted(name):
+        return {s for s, info in stages(name).items() if "adopted_from" in info}
+
+    warm = {"warmup/data", "warmup/train/v0", "warmup/train/v1", "eval/warmup"}
+    assert adopted("default") == set()
+    through_pairs = {"round1/generate", "round1/refine", "round1/score", "round1/pairs"}
+    assert adopted("rft") == warm | through_pairs
+    assert adopted("self") == warm | {"round1/generate"}
+    assert adopted("all_pairs") == warm | through_pairs - {"round1/pairs"}
+    ref_state = arms["default"] / "states" / "v0-v1.safetensors"
+    for name in ("rft", "self", "all_pairs"):  # one warm-up, linked
+        assert (arms[name] / "states" / "v0-v1.safetensors").samefile(ref_state)
+        assert not (arms[name] / "states" / "v0-v2.safetensors").samefile(
+            arms["default"] / "states" / "v0-v2.safetensors"
+        )
+    assert stages("rft")["round1/update/v0"]["update"] == "rft"
+    pairs = [
+        json.loads(x)
+        for x in (arms["all_pairs"] / "round1/pairs.jsonl").read_text().split("\n")
+        if x
+    ]
+    gen = {}
+    for p in pairs:
+        if p["stage"] == "generate":
+            gen.setdefault(p["qid"], set()).add(p["variant"])
+    assert gen and all(v == {0, 1} for v in gen.values())  # every variant, every question
+    table = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["arm"] for r in table["rows"]] == [
+        "warm-up (no round)",
+        "default",
+        "rft",
+        "self",
+        "all_pairs",
+    ]
+    assert table["rows"][2]["vs_reference"]["n"] == 8
+    assert (tmp_path / "ablation.png").stat().st_size > 0
+    assert "vs default (paired)" in proc.stdout
+    # each arm is a train run directory; the finished ablation reruns as nothing to do
+    assert json.loads((arms["rft"] / "run.json").read_text())["job"] == "train"
+    again = run_job(REPO / "jobs/ablate.py", "--config", cfg, f"run_dir={tmp_path}", timeout=120)
+    assert "nothing to do" in again.stdout
