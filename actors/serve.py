@@ -236,7 +236,7 @@ class Deliberator:
     def __init__(self, models: Any, run_dir: str, overrides: dict[str, Any]):
         from transformers import AutoTokenizer
 
-        from coalition.controller import Controller
+        from coalition.controller import Controller, report_dict
         from coalition.deliberation import ControllerRouter, Fixed, RandomRouter
         from coalition.models import resolve
         from coalition.preflight import PROMPT_OVERHEAD_TOKENS, context_of
@@ -255,8 +255,11 @@ class Deliberator:
         keys = [f"v{k}" for k in range(cfg.variants.count)]
         routing = cfg.deliberation.routing
         ctrl_dir = Path(run_dir) / "controller"
+        self.controller_report: dict[str, Any] | None = None
         if routing == "controller":
-            self.router = ControllerRouter(Controller.load(ctrl_dir), keys)
+            ctrl = Controller.load(ctrl_dir)
+            self.router = ControllerRouter(ctrl, keys)
+            self.controller_report = report_dict(ctrl)  # which decisions fall back to majority
         elif routing == "random":
             self.router = RandomRouter(keys, cfg.deliberation.seed)
         else:
@@ -285,6 +288,7 @@ class Deliberator:
             "version": self.version,
             "versions": await self.models.handle.versions.remote(),
             "routing": self.router.name,
+            "controller": self.controller_report,
             "refine_turns": self.cfg.deliberation.refine_turns,
             "run": self.run_name,
             "max_question_tokens": self.max_tokens,

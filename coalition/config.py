@@ -217,6 +217,9 @@ class SAIEConfig(StepConfig):
     )  # attempts per question (a right one is the target when the
     # task has no gold rationale)
     remark_tokens: int = Field(64, ge=1)
+    # also train the paper's baseline each round: plain SFT toward the same targets from the
+    # question alone (no attempt, no remark), same start, rows and steps; evaluated beside it
+    baseline: bool = False
 
 
 class DiscussionConfig(_Strict):

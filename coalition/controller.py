@@ -89,6 +89,9 @@ class HeadReport:
     majority: float | None  # the same for always picking the train split's most common best
     chance: float | None  # the same for a uniformly random pick (expected)
     regret: float | None  # mean U(best) - U(chosen) on the held-out decisions
+    # "learned": the head routes; "majority": it did not beat always picking the train split's
+    # most common best variant on held-out decisions, so that fixed choice routes instead
+    routes: str = "learned"
 
 
 @dataclass
@@ -255,8 +258,21 @@ def fit(
         heads[decision] = _fit_head(z[tr], y, weight_decay, steps, lr, seed)
         majority = int(y.sum(0).argmax())
         ho_utils = [examples[i].utilities for i in ho]
-        report[decision] = _report(heads[decision], z[ho], ho_utils, majority, len(tr))
+        report[decision] = rep = _report(heads[decision], z[ho], ho_utils, majority, len(tr))
+        if rep.accuracy is not None and rep.majority is not None and rep.accuracy <= rep.majority:
+            heads[decision] = _constant_head(z.shape[1], count, majority)
+            rep.routes = "majority"
     return Controller(count, mean, std, heads, report)
+
+
+def _constant_head(dim: int, count: int, choice: int) -> torch.nn.Linear:
+    """A head that always picks ``choice`` (the fallback when the learned one routes no better)."""
+    head = torch.nn.Linear(dim, count)
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[choice] = 1.0
+    return head.eval()
 
 
 def report_dict(ctrl: Controller) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = SAIE(cfg, team, run_dir).run()
     finally:
         team.close()
-    print_accuracy(summary["accuracy"], summary["gain_over_warmup"])
+    gains = dict(summary["gain_over_warmup"])
+    gains.update({f"{r}: SAIE - SFT baseline": g for r, g in summary["over_baseline"].items()})
+    print_accuracy(summary["accuracy"], gains)
     print(f"wall time {time.perf_counter() - start:.0f}s; run_dir: {run_dir}")
     return 0
 

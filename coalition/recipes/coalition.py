@@ -411,9 +411,14 @@ class Run(Recipe):
 def _routing_line(rep: dict[str, Any]) -> str:
     if rep["accuracy"] is None:
         return f"{rep['n_train']} train decisions, none held out"
+    fallback = (
+        "; routes by the majority choice: the head did not beat it"
+        if rep.get("routes") == "majority"
+        else ""
+    )
     return (
         f"held-out routing accuracy {rep['accuracy']:.2f} (majority {rep['majority']:.2f}, "
-        f"chance {rep['chance']:.2f}; n={rep['n_holdout']}, train {rep['n_train']})"
+        f"chance {rep['chance']:.2f}; n={rep['n_holdout']}, train {rep['n_train']}){fallback}"
     )
 
 

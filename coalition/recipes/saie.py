@@ -12,7 +12,10 @@ SFT first; then each round, on fresh train questions:
    task's rationale, else one of the learner's attempts that reached the gold answer;
    questions with neither are skipped (counted);
 4. update   — SFT of the learner from its round-start state under Ray Train, pushed to its actor;
-5. eval     — held-out accuracy after the round, with a paired gain over the warm-up.
+5. eval     — held-out accuracy after the round, with a paired gain over the warm-up;
+6. baseline — with ``saie.baseline``, the paper's comparison: plain SFT toward the same targets
+   from the question alone, from the same start with the same rows and steps, evaluated on the
+   same questions (``over_baseline`` in the summary: SAIE minus it, paired).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from coalition.team import Member, Team
 from coalition.training import settings_from
 
 LEARNER, PARTNER, BASE = "learner", "partner", "base"
+BASELINE = "baseline"  # saved states of the plain-SFT baseline (``saie.baseline``)
+BASELINE_VERSION = 1_000_000  # + round: the version the learner's adapter serves it under
 _INT = re.compile(r"-?\d+")
 
 
@@ -190,27 +195,44 @@ class SAIE(Recipe):
             **{f"stance_{k}": v for k, v in Counter(x.stance for x in used).items()},
         }
 
-    def update(self, r: int) -> dict[str, Any]:
+    def update(self, r: int, baseline: bool = False) -> dict[str, Any]:
+        """SFT of the learner from its round-start state toward the round's targets, given
+        (question, attempt, remark); ``baseline``: the same from the question alone, saved as
+        :data:`BASELINE` (the paper's comparison)."""
         pool = {ex.id: ex for ex in self.pool(r)}
         fmt = self.task.answer_format
+
+        def prompt(x: Exchange) -> str:
+            ex = pool[x.qid]
+            if baseline:
+                return self.rationale_prompt(ex)
+            return self.render(prompts.discuss(ex.question, fmt, x.attempts[0], [x.remark]))
+
         rows = [
-            {
-                "prompt": self.render(
-                    prompts.discuss(pool[x.qid].question, fmt, x.attempts[0], [x.remark])
-                ),
-                "completion": x.target,
-            }
+            {"prompt": prompt(x), "completion": x.target}
             for x in read_records(self.dir / f"round{r}" / "exchanges.jsonl", Exchange)
             if x.target
         ]
         state, _, _ = load_state(self.state_path(LEARNER, r))
+        saved_as = BASELINE if baseline else LEARNER
         if not rows:
-            self.save(LEARNER, state, r + 1)
+            self.save(saved_as, state, r + 1)
             return {"rows": 0, "skipped": True}
-        settings = settings_from(self.cfg.saie, self.cfg.seed + r, self.tb_dir(f"round{r}"))
+        tb = self.tb_dir(f"round{r}" + ("-baseline" if baseline else ""))
+        settings = settings_from(self.cfg.saie, self.cfg.seed + r, tb)
         new_state, metrics = self.team.train("sft", LEARNER, state, rows, settings)
-        self.save(LEARNER, new_state, r + 1)
+        self.save(saved_as, new_state, r + 1)
         return {"rows": len(rows), **metrics}
+
+    def evaluate_baseline(self, r: int) -> dict[str, Any]:
+        """The baseline's held-out accuracy after round ``r``: served on the learner's adapter
+        under a version of its own, then the learner's state goes back."""
+        state, _, _ = load_state(self.state_path(BASELINE, r + 1))
+        self.team.push(LEARNER, state, BASELINE_VERSION + r)
+        try:
+            return self.evaluate(f"round{r}-baseline", [LEARNER])
+        finally:
+            self.sync(r + 1)
 
     # ------------------------------------------------------------------ the run
 
@@ -227,6 +249,9 @@ class SAIE(Recipe):
             self.stage(f"round{r}/update", lambda r=r: self.update(r))
             self.sync(r + 1)
             self.stage(f"round{r}/eval", lambda r=r: self.evaluate(f"round{r}", [LEARNER]))
+            if self.cfg.saie.baseline:
+                self.stage(f"round{r}/baseline/update", lambda r=r: self.update(r, True))
+                self.stage(f"round{r}/baseline/eval", lambda r=r: self.evaluate_baseline(r))
         return self.summarise()
 
     def summarise(self) -> dict[str, Any]:
@@ -240,6 +265,8 @@ class SAIE(Recipe):
         rounds = range(1, self.cfg.rounds + 1)
         for r in rounds:
             acc[f"round{r}"] = info[f"round{r}/eval"]["accuracy"]
+            if f"round{r}/baseline/eval" in info:
+                acc[f"round{r} SFT baseline"] = info[f"round{r}/baseline/eval"]["accuracy"]
         summary = {
             "job": "saie",
             "task": self.cfg.task.name,
@@ -252,6 +279,12 @@ class SAIE(Recipe):
                 f"round{r}": self.gain(("warmup", LEARNER), (f"round{r}", LEARNER)) for r in rounds
             },
             "exchanges": {f"round{r}": _flat(info[f"round{r}/exchange"]) for r in rounds},
+            # SAIE minus plain SFT on the same rows from the same start, same questions
+            "over_baseline": {
+                f"round{r}": self.gain((f"round{r}-baseline", LEARNER), (f"round{r}", LEARNER))
+                for r in rounds
+                if f"round{r}/baseline/eval" in info
+            },
             "warmup": info["warmup/data"],
             "stage_seconds": {name: s.get("seconds") for name, s in info.items()},
             "versions": self.team.versions(),

@@ -68,6 +68,9 @@ def test_info_reports_variants_and_versions(url):
     body = info.json()
     assert body["variants"] == ["v0", "v1"] and body["versions"] == {"v0": 1, "v1": 1}
     assert body["routing"] == "controller routing"
+    # per decision: held-out routing accuracy, its majority baseline, and which one routes
+    gen = body["controller"]["generate"]
+    assert gen["routes"] in ("learned", "majority") and "majority" in gen
 
 
 @pytest.mark.parametrize("token", [None, "wrong"])

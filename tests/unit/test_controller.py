@@ -72,6 +72,26 @@ def test_fit_learns_a_separable_rule_and_reports_on_held_out_questions(tmp_path)
     assert ctrl.choose("refine", [[3.0, 0, 0, 0, 0, 0], [-3.0, 0, 0, 0, 0, 0]]) == [1, 0]
 
 
+def test_a_head_that_does_not_beat_the_majority_routes_by_the_majority(tmp_path):
+    """Labels that no feature predicts: variant 1 is best 80% of the time at random, so the
+    learned head cannot beat always choosing variant 1 on held-out questions; it falls back."""
+    g = torch.Generator().manual_seed(0)
+    examples, feats = [], []
+    for i in range(200):
+        u = (0.2, 0.8) if torch.rand(1, generator=g).item() < 0.8 else (0.8, 0.2)
+        examples.append(C.RoutingExample(f"q{i}", "generate", f"p{i}", u))
+        feats.append(torch.randn(6, generator=g).tolist())
+    ctrl = C.fit(examples, feats, 2, holdout=0.3, seed=0)
+    rep = ctrl.report["generate"]
+    assert rep.routes == "majority" and rep.accuracy <= rep.majority
+    assert set(ctrl.choose("generate", feats)) == {1}
+    ctrl.save(tmp_path / "c")
+    assert C.Controller.load(tmp_path / "c").report["generate"].routes == "majority"
+    # a head that does beat it keeps routing
+    sep, sep_feats = separable(200)
+    assert {r.routes for r in C.fit(sep, sep_feats, 2, holdout=0.25).report.values()} == {"learned"}
+
+
 def test_held_out_split_is_by_question():
     examples, feats = separable(40)
     ctrl = C.fit(examples, feats, 2, holdout=0.5, seed=0)

@@ -78,3 +78,23 @@ def test_a_round_trains_the_learner_on_gold_reasoning_given_the_remark(run):
     assert set(summary["accuracy"]) == {"warmup", "round1"}
     assert summary["exchanges"]["round1"]["trained_on"] == 8
     assert "round1" in summary["gain_over_warmup"]
+
+
+def test_the_baseline_learns_the_same_targets_from_the_question_alone(run, tmp_path):
+    """saie.baseline: the same rows and targets, but no attempt or remark in the prompt (plain
+    SFT toward the gold reasoning, the paper's comparison), from the same start; evaluated on
+    the same questions, after which the learner serves its own state again."""
+    cfg, team, out, _ = run
+    team.updates.clear()
+    summary = SAIE(config_mod.override(cfg, {"saie.baseline": True}), team, tmp_path).run()
+    (_, rnd, base) = [u for u in team.updates if u[1] == "learner"]
+    xs = read_records(tmp_path / "round1" / "exchanges.jsonl", Exchange)
+    assert xs == read_records(out / "round1" / "exchanges.jsonl", Exchange)  # same seeds
+    assert [r["completion"] for r in base[3]] == [r["completion"] for r in rnd[3]]
+    for row, x in zip(base[3], [x for x in xs if x.target], strict=True):
+        assert "Others said" not in row["prompt"] and x.remark.strip() not in row["prompt"]
+    assert (tmp_path / "states" / "baseline-v2.safetensors").exists()
+    assert (tmp_path / "eval" / "round1-baseline-learner.jsonl").exists()
+    assert "round1 SFT baseline" in summary["accuracy"]
+    assert summary["over_baseline"]["round1"]["n"] == cfg.task.n_test
+    assert team.versions() == {"learner": 2}
