@@ -31,7 +31,7 @@ from actors.resilient import Resilient, gather
 from actors.session import QUIET
 from coalition import progress
 from coalition.engines.base import LoraSpec
-from coalition.training import State, StepSettings, run_update, threads_for
+from coalition.training import State, StepSettings, release_memory, run_update, threads_for
 from coalition.weightsync import Channel, Members, fingerprint
 
 STATE_FILE = "state.safetensors"
@@ -230,6 +230,8 @@ def _serve_loop(config: dict[str, Any]) -> None:
             latest = new_state
             ray.get(mailbox.finish.remote(seq, {"state": ray.put(new_state), "metrics": metrics}))
         ray.train.report({**metrics, "update": request["name"]})
+        del state, new_state
+        release_memory()
         seq += 1
 
 

@@ -280,6 +280,19 @@ def run_update(
     return export_state(model), metrics
 
 
+def release_memory() -> None:
+    """Give the memory an update freed back to the system. A long-lived trainer process runs
+    update after update; without this, glibc keeps the freed arenas and the process grows by
+    gigabytes over a run (on a 24 GB machine the OOM killer then stopped the run)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def threads_for(cpus: float) -> int:
     """Torch intra-op threads for a worker granted ``cpus`` CPUs (at least one)."""
     return max(1, min(int(round(cpus)), os.cpu_count() or 1))
