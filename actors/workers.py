@@ -238,3 +238,13 @@ class RayWorkers(Workers):
             trainer.close()
         for h in [*self.gens.values(), self.scorer]:
             ray.kill(h.actor, no_restart=True)
+
+
+def start_workers(cfg: Config, run_dir: Path) -> RayWorkers:
+    """Ray (local, or the cluster ``ray.address`` names) and a COALITION run's workers on it:
+    what jobs/train.py and jobs/ablate.py run their recipes on."""
+    from actors.session import init_ray
+    from coalition.models import resolve
+
+    init_ray(cfg, "train")
+    return RayWorkers(cfg, resolve(cfg.model.name_or_path), Path(run_dir) / "ray_train")

@@ -24,15 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.session import init_ray
-    from actors.workers import RayWorkers
-    from coalition.models import resolve
+    from actors.workers import start_workers
     from coalition.recipes.coalition import Run
 
     start = time.perf_counter()
-    base_path = resolve(cfg.model.name_or_path)
-    init_ray(cfg, "train")
-    workers = RayWorkers(cfg, base_path, run_dir / "ray_train")
+    workers = start_workers(cfg, run_dir)
     try:
         summary = Run(cfg, workers, run_dir).run()
     finally:
