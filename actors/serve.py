@@ -74,7 +74,7 @@ class VariantModels:
 
         from coalition.checkpoints import load_state
         from coalition.models import resolve
-        from coalition.recipes.coalition import trained_run
+        from coalition.recipes.sro import trained_run
         from coalition.training import lora_spec, threads_for
         from coalition.workers import LocalWorkers
 
@@ -240,7 +240,7 @@ class Deliberator:
         from coalition.deliberation import ControllerRouter, Fixed, RandomRouter
         from coalition.models import resolve
         from coalition.preflight import PROMPT_OVERHEAD_TOKENS, context_of
-        from coalition.recipes.coalition import trained_run
+        from coalition.recipes.sro import trained_run
         from coalition.tasks import from_config
 
         cfg, self.version = trained_run(Path(run_dir))
@@ -352,7 +352,7 @@ class Deliberator:
 def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
     """The Serve application of a trained run (``serve run`` config files name this)."""
     from actors.session import QUIET
-    from coalition.recipes.coalition import trained_run
+    from coalition.recipes.sro import trained_run
 
     overrides = dict(overrides or {})
     cfg, _ = trained_run(Path(run_dir))

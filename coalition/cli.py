@@ -32,9 +32,9 @@ def parse(argv: list[str] | None, job: str, default: Path | None = None) -> Conf
 def parse_args(argv: list[str] | None, job: str) -> tuple[Path | None, list[str]]:
     """``--config`` (None: the default config) and the ``key=value`` overrides."""
     parser = argparse.ArgumentParser(
-        prog=f"jobs/{job}.py",
+        prog=f"coalition-{job} (or python jobs/{job}.py)",
         description=f"coalition {job}: --config PATH plus dotted key=value overrides.",
-        epilog="example: python jobs/evaluate.py --config configs/smoke.yaml task.n_test=20",
+        epilog=f"example: coalition-{job} --config configs/smoke.yaml task.n_test=20",
     )
     parser.add_argument(
         "--config", type=Path, default=None, help="YAML config (default: configs/default.yaml)"
@@ -166,6 +166,12 @@ def diff(a: object, b: object, prefix: str = "") -> list[str]:
         keys = sorted(set(a) | set(b))
         return [d for k in keys for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def command(main: Callable[[list[str] | None], int | None]) -> Callable[[], None]:
+    """The console command of a job (``coalition-train`` …, pyproject.toml): ``main`` on the
+    process's arguments through :func:`run`, its code as the exit status."""
+    return lambda: sys.exit(run(main))
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

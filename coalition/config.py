@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,7 +39,8 @@ class ModelConfig(_Strict):
     """Which model to load and how."""
 
     name_or_path: str = "builtin:smollm2-135m-instruct"
-    # auto: bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32
+    # auto: bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else
+    # fp32; the shipped configs set it, left out it is float32 (exact, the tests' reference)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     trust_remote_code: bool = False
@@ -82,7 +83,6 @@ class GenerationConfig(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1024)
     batch_size: int = Field(16, ge=1, le=65536)
-    seed: Seed = 0
     # HF engine's decoding loop: lean (coalition/engines/decode.py: fused projections, a
     # preallocated KV cache; Llama-family models on CPU), hf (transformers' generate, the
     # reference), auto (lean where it applies)
@@ -355,7 +355,7 @@ class BenchConfig(_Strict):
     run: str | None = None  # serve: the jobs/train.py run directory to serve
     requests: int = Field(200, ge=1)  # serve: requests per setting
     concurrency: int = Field(16, ge=1)  # serve: requests in flight at once
-    # gpu: random-weight model shapes (coalition.perf.SHAPES), DPO step size, timing repeats
+    # gpu: random-weight model shapes (bench.perf.SHAPES), DPO step size, timing repeats
     shapes: list[str] = Field(default_factory=lambda: ["qwen2.5-0.5b", "qwen2.5-1.5b"])
     dpo_batch: int = Field(8, ge=1)
     dpo_seq: int = Field(512, ge=8)
@@ -463,47 +463,68 @@ def _unknown(what: str, value: str, allowed: list[str]) -> str:
     return f"unknown {what} {value!r}{hint}; allowed: {', '.join(sorted(allowed))}"
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
-    model: Any = Config
+def _model_at(loc: tuple[Any, ...], schema: type[BaseModel]) -> type[BaseModel] | None:
+    """The schema class that owns the field at ``loc`` (list indices skipped; for listing the
+    allowed keys)."""
+    model: Any = schema
     for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
             return None
-        model = field.annotation
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)  # X | None, list[X]
+        cls = inner[0] if inner and isinstance(inner[0], type) else ann
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        model = cls
     return model
 
 
+_M = TypeVar("_M", bound=BaseModel)
 SECRETS = {"auth_token"}  # never echoed back in an error
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _path(loc: tuple[Any, ...]) -> str:
+    """``("models", 0, "family")`` → ``models[0].family``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _describe(err: dict[str, Any], schema: type[BaseModel]) -> str:
+    """One line for one problem: the key path, what is wrong, and what is allowed or given."""
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc) or "<root>"
+    path = _path(loc)
     if err["type"] == "extra_forbidden":
-        owner = _model_at(loc[:-1])
+        owner = _model_at(loc[:-1], schema)
         allowed = sorted(owner.model_fields) if owner else []
         return f"{path}: {_unknown('key', str(loc[-1]), allowed)}"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and not loc:
+        return msg
     got = err.get("input")
-    secret = loc and loc[-1] in SECRETS
-    got_s = "" if isinstance(got, dict) or secret else f" (got {got!r})"
-    return f"{path}: {msg}{got_s}"
+    hidden = isinstance(got, dict | list) or (loc and loc[-1] in SECRETS)
+    return f"{path}: {msg}" + ("" if hidden else f" (got {got!r})")
+
+
+def validate_as(schema: type[_M], raw: dict[str, Any]) -> _M:
+    """Validate a plain dict into ``schema`` (the run config, a sweep file), raising
+    :class:`ConfigError` that names the first problem: a misspelt key before the right key it
+    leaves missing."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], schema) + more) from None
 
 
 def validate(raw: dict[str, Any]) -> Config:
     """Validate a plain dict into a :class:`Config`, raising :class:`ConfigError` on problems."""
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
+    return validate_as(Config, raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -518,19 +539,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
+def set_dotted(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    """``raw[a][b][c] = value`` for keys ``[a, b, c]`` (sections created; a mapping value
+    replaces that section)."""
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(keys[: i + 1])} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted override set (intermediate dicts created)."""
     out = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False)) or {}  # arm order matters
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for i, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                path = ".".join(keys[: i + 1])
-                raise ConfigError(f"override {text!r}: {path} is a value, not a section")
-            node = child
-        node[keys[-1]] = value
+        try:
+            set_dotted(out, keys, value)
+        except ConfigError as exc:
+            raise ConfigError(f"override {text!r}: {exc}") from None
     return out
 
 

@@ -51,10 +51,6 @@ class Discussion:
 
     kind: ClassVar[str] = "discussion"
 
-    @property
-    def final_correct(self) -> bool:
-        return self.correct[-1]
-
 
 def majority(answers: Sequence[str | None]) -> str | None:
     """The most common answer (ignoring agents that stated none); ties go to the answer an

@@ -26,11 +26,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from coalition import prompts
 from coalition.engines.base import Generation, SamplingParams
 from coalition.prompts import Prompt
+
+
+@dataclass(frozen=True)
+class TeacherSample:
+    """One teacher rationale for a train question, its answer, and whether it is kept."""
+
+    task: str
+    qid: str
+    question: str
+    gold: str
+    sample: int
+    rationale: str
+    answer: str
+    extracted: str | None
+    kept: bool
+    tokens: int
+
+    kind: ClassVar[str] = "teacher_sample"
+
 
 STEP = "Let's think step by step."
 THEREFORE = "Therefore, the answer is"

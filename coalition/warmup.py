@@ -21,7 +21,9 @@ from coalition import prompts
 from coalition.config import ConfigError, WarmupConfig
 from coalition.engines.base import Generation, SamplingParams
 from coalition.records import Example
+from coalition.rundir import read_records
 from coalition.tasks.base import Task
+from coalition.teachers import TeacherSample
 
 _NUM = re.compile(r"-?\d+")
 _RESULT = re.compile(r"= (-?\d+)")  # a step's result
@@ -138,9 +140,6 @@ def source(
 
 def distilled(run_dir: Path, task: Task) -> dict[str, str | None]:
     """A jobs/distill.py run's kept teacher rationales, by question text (first kept sample)."""
-    from coalition.recipes.distill import TeacherSample
-    from coalition.rundir import read_records
-
     path = run_dir / "teacher" / "samples.jsonl"
     if not path.exists():
         raise ConfigError(

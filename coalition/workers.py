@@ -1,6 +1,6 @@
 """What a COALITION run needs from its workers, and the in-process implementation.
 
-The recipe (``coalition/recipes/coalition.py``) talks only to :class:`Workers`. Keys name the
+The recipe (``coalition/recipes/sro.py``) talks only to :class:`Workers`. Keys name the
 models: ``"v0" … "v{K-1}"`` for the variants, ``"ift"`` for the all-data scorer model, and
 ``None`` for the frozen base. Two implementations:
 

@@ -11,16 +11,13 @@ one set of actors and trainers. Results: ``ablation.md``, ``ablation.json``, ``a
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import ablation, cli, rundir  # noqa: E402
-from coalition import config as config_mod  # noqa: E402
-from coalition.config import Config  # noqa: E402
-from coalition.report import print_table  # noqa: E402
+from coalition import ablation, cli, rundir
+from coalition import config as config_mod
+from coalition.config import Config
+from coalition.report import print_table
 
 
 def prepare_arm(arm_dir: Path, cfg: Config) -> None:
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from actors.workers import start_workers
-    from coalition.recipes.coalition import Run
+    from coalition.recipes.sro import Run
 
     start = time.perf_counter()
     workers = start_workers(cfg, run_dir)
@@ -94,5 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

@@ -29,12 +29,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli, prompts, tasks  # noqa: E402
-from coalition.engines import EngineSpec, build_engine, sampling  # noqa: E402
-from coalition.report import print_table  # noqa: E402
-from coalition.rundir import write_json  # noqa: E402
+from coalition import cli, prompts, tasks
+from coalition.engines import EngineSpec, build_engine, sampling
+from coalition.report import print_table
+from coalition.rundir import write_json
 
 
 def bench_engine(cfg) -> dict:
@@ -46,7 +44,7 @@ def bench_engine(cfg) -> dict:
         )
         for ex in task.load("test")
     ][: cfg.bench.prompts]
-    params = replace(sampling(cfg.generation), max_new_tokens=cfg.bench.new_tokens, n=1)
+    params = replace(sampling(cfg.generation, cfg.seed), max_new_tokens=cfg.bench.new_tokens, n=1)
     engine.generate(texts[:2], replace(params, max_new_tokens=2))  # warm-up
 
     def timed(fn) -> tuple[float, int]:
@@ -117,7 +115,7 @@ def bench_round(cfg, run_dir: Path) -> dict:
     from actors.workers import RayWorkers
     from coalition.checkpoints import save_state
     from coalition.models import resolve
-    from coalition.recipes.coalition import Run
+    from coalition.recipes.sro import Run
     from coalition.training import export_state, load_trainable, lora_spec
     from coalition.workers import LocalWorkers
 
@@ -194,7 +192,8 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from coalition import perf, scoring, warmup
+    from bench import perf
+    from coalition import scoring, warmup
     from coalition.engines.hf import HFEngine
     from coalition.models import resolve
     from coalition.training import threads_for
@@ -220,7 +219,7 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
         for ex in task.load("test")
     ]
     new = cfg.generation.max_new_tokens
-    params = replace(sampling(cfg.generation), n=1, ignore_eos=True)
+    params = replace(sampling(cfg.generation, cfg.seed), n=1, ignore_eos=True)
     prompt_len = sum(len(tok(t)["input_ids"]) for t in texts) / len(texts)
     batches = sorted({1, 16, cfg.generation.batch_size, 128})
     for name, engine in engines.items():
@@ -352,7 +351,7 @@ def print_laptop(result: dict, run_dir: Path) -> None:
 def _param_count(path: str) -> int:
     from transformers import AutoConfig
 
-    from coalition.perf import param_count
+    from bench.perf import param_count
 
     return param_count(AutoConfig.from_pretrained(path))
 
@@ -368,7 +367,7 @@ def bench_serve(cfg) -> dict:
     from actors.serve import build
     from actors.session import init_ray
     from coalition.config import ConfigError
-    from coalition.recipes.coalition import trained_run
+    from coalition.recipes.sro import trained_run
 
     if not cfg.bench.run:
         raise ConfigError("bench serve needs bench.run=<a jobs/train.py run directory>")
@@ -426,7 +425,7 @@ def bench_serve(cfg) -> dict:
 
 
 def bench_gpu(cfg, run_dir: Path) -> dict:
-    from coalition import perf
+    from bench import perf
     from coalition.config import ConfigError
     from coalition.models import resolve
 
@@ -552,5 +551,7 @@ BENCHES = {
     "laptop": bench_laptop,
 }
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

@@ -12,14 +12,11 @@ COALITION's warm-up: ``python jobs/train.py warmup.rationales_from=<this run_dir
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli  # noqa: E402
-from coalition.report import print_accuracy  # noqa: E402
+from coalition import cli
+from coalition.report import print_accuracy
 
 DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
 
@@ -53,5 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

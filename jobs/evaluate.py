@@ -25,15 +25,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli, preflight, rundir, stats, tasks  # noqa: E402
-from coalition import config as config_mod  # noqa: E402
-from coalition.config import Config, ConfigError  # noqa: E402
-from coalition.engines import build_engine, sampling  # noqa: E402
-from coalition.evaluation import evaluate  # noqa: E402
-from coalition.report import print_table  # noqa: E402
-from coalition.rundir import write_json, write_records  # noqa: E402
+from coalition import cli, preflight, rundir, stats, tasks
+from coalition import config as config_mod
+from coalition.config import Config, ConfigError
+from coalition.engines import build_engine, sampling
+from coalition.evaluation import evaluate
+from coalition.report import print_table
+from coalition.rundir import write_json, write_records
 
 
 def _aliases(argv: list[str] | None) -> list[str]:
@@ -69,7 +67,7 @@ def single(cfg: Config) -> int:
         task,
         examples,
         cfg.evaluate.method,  # type: ignore[arg-type]
-        sampling(cfg.generation),
+        sampling(cfg.generation, cfg.seed),
         adapter="default" if cfg.model.adapter else None,
         chat=cfg.model.chat_template,
     )
@@ -110,7 +108,7 @@ def single(cfg: Config) -> int:
 
 
 def suite(argv: list[str], cfg: Config) -> int:
-    from coalition.recipes.coalition import trained_run
+    from coalition.recipes.sro import trained_run
 
     if not cfg.run_dir:
         raise ConfigError("method=suite needs run_dir=<a jobs/train.py run directory>")
@@ -126,7 +124,7 @@ def suite(argv: list[str], cfg: Config) -> int:
     from coalition.deliberation import Steps
     from coalition.models import resolve
     from coalition.plots import method_bars
-    from coalition.recipes.coalition import Run
+    from coalition.recipes.sro import Run
     from coalition.suite import compare, rows, run_suite
 
     start = time.perf_counter()
@@ -144,7 +142,7 @@ def suite(argv: list[str], cfg: Config) -> int:
             ):
                 run.stage(run.controller_stage(), run.train_controller)
             controller = Controller.load(run_dir / "controller")
-        params = replace(sampling(cfg.generation), temperature=0.0, n=1)
+        params = replace(sampling(cfg.generation, cfg.seed), temperature=0.0, n=1)
         results = run_suite(
             Steps(workers, params),
             run.task,
@@ -228,7 +226,7 @@ def discussion(argv: list[str], cfg: Config) -> int:
     d = cfg.discussion
     task = tasks.from_config(cfg.task)
     examples = task.load(cfg.evaluate.split)
-    params = replace(sampling(cfg.generation), temperature=d.temperature, n=1, seed=cfg.seed)
+    params = replace(sampling(cfg.generation, cfg.seed), temperature=d.temperature, n=1)
     start = time.perf_counter()
     init_ray(cfg, "suite" if trained and rundir.owner(run_dir) == "train" else "discussion")
     models, agents, close, label = _discussants(cfg, run_dir if trained else None, d.agents)
@@ -308,7 +306,7 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     path = resolve(cfg.model.name_or_path)
     if run_dir is not None and state_path(run_dir, "v0", 1).exists():
         from actors.workers import RayWorkers
-        from coalition.recipes.coalition import Run, trained_run
+        from coalition.recipes.sro import Run, trained_run
 
         _, version = trained_run(run_dir)
         workers = RayWorkers(cfg, path, run_dir / "ray_train", trainers=False)
@@ -339,5 +337,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("→", "-to-")).strip("-")
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

@@ -19,10 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli, preflight  # noqa: E402
-from coalition.config import Config, ConfigError  # noqa: E402
+from coalition import cli, preflight
+from coalition.config import Config, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +61,7 @@ def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
     from coalition.config import SERVE_TOKEN_ENV, override
     from coalition.controller import Controller
     from coalition.recipes.base import state_path
-    from coalition.recipes.coalition import trained_run
+    from coalition.recipes.sro import trained_run
 
     cfg, version = trained_run(run_dir)
     cfg = override(cfg, flat)
@@ -111,5 +109,7 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

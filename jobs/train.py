@@ -8,14 +8,10 @@ Starts a local Ray unless ``ray.address`` / ``RAY_ADDRESS`` is set (or it runs u
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli  # noqa: E402
-from coalition.report import print_accuracy  # noqa: E402
+from coalition import cli
+from coalition.report import print_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from actors.workers import start_workers
-    from coalition.recipes.coalition import Run
+    from coalition.recipes.sro import Run
 
     start = time.perf_counter()
     workers = start_workers(cfg, run_dir)
@@ -38,5 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

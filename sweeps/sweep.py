@@ -1,5 +1,5 @@
 """A Ray Tune sweep whose trials are whole COALITION runs, over model families, sizes and
-settings (the sweep file's schema and expansion: ``coalition/sweeps.py``).
+settings (the sweep file's schema and expansion: ``sweeps/spec.py``).
 
     python sweeps/sweep.py --config configs/sweeps/smoke.yaml [key=value ...]
 
@@ -12,8 +12,8 @@ restores the sweep (``Tuner.restore``): finished trials are kept, unfinished and
 ones run again and their COALITION runs resume after their last finished stage.
 
 Writes into ``run_dir``: ``sweep.yaml``, ``tune/`` (Tune's state), ``trials/<id>/`` (each
-trial's run directory), ``results.csv``, ``results.json``, ``accuracy_vs_size.png`` and
-``best_config.yaml``.
+trial's run directory), ``results.csv``, ``results.md`` (the same table for docs),
+``results.json``, ``accuracy_vs_size.png`` and ``best_config.yaml``.
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from coalition import cli  # noqa: E402
-from coalition import sweep_results as R  # noqa: E402
-from coalition import sweeps as S  # noqa: E402
-from coalition.config import ConfigError  # noqa: E402
-from coalition.report import print_table  # noqa: E402
-from coalition.rundir import atomic_write, write_json  # noqa: E402
+from coalition import cli
+from coalition.config import ConfigError
+from coalition.report import print_table
+from coalition.rundir import atomic_write, write_json
+from sweeps import results as R
+from sweeps import spec as S
 
 # what a restored sweep may change: where and how wide it runs, nothing that changes results
 RESUMABLE_CHANGES = ("ray", "resources.max_concurrent_trials", "max_failures")
@@ -49,13 +47,13 @@ EXPERIMENT = "tune"
 
 def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str) -> None:
     """The Tune trainable: one COALITION run with the trial's ``params``, reporting
-    :func:`coalition.sweep_results.round_report` after the warm-up and each round."""
+    :func:`sweeps.results.round_report` after the warm-up and each round."""
     from ray import tune
 
     from actors.workers import RayWorkers
     from coalition.cli import check_combination, check_resume
     from coalition.models import resolve
-    from coalition.recipes.coalition import Run
+    from coalition.recipes.sro import Run
 
     sweep = S.SweepConfig.model_validate(sweep_raw)
     trial_id = tune.get_context().get_trial_id()
@@ -241,7 +239,7 @@ _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
 
 def collect(sweep: S.SweepConfig, grid: Any) -> list[R.TrialResult]:
-    """The Tune results as :class:`~coalition.sweep_results.TrialResult` records."""
+    """The Tune results as :class:`~sweeps.results.TrialResult` records."""
     out = []
     for result in grid:
         params = dict(result.config or {})
@@ -284,6 +282,7 @@ def report(sweep: S.SweepConfig, sweep_dir: Path, results: list[R.TrialResult]) 
     header, rows = R.table(results)
     print_table(header, rows)
     R.write_csv(results, sweep_dir / "results.csv")
+    atomic_write(sweep_dir / "results.md", R.markdown(results) + "\n")
     write_json(
         sweep_dir / "results.json",
         {
@@ -373,5 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+command = cli.command(main)
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    command()

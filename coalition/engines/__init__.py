@@ -78,14 +78,15 @@ def build_engine(cfg: Any, progress: bool = True) -> Engine:
     return eng
 
 
-def sampling(gen_cfg) -> SamplingParams:
-    """:class:`SamplingParams` from a :class:`coalition.config.GenerationConfig`."""
+def sampling(gen_cfg, seed: int) -> SamplingParams:
+    """:class:`SamplingParams` from a :class:`coalition.config.GenerationConfig`; the seed is
+    the caller's (the run's ``seed``, offset per round and variant where the recipe needs)."""
     return SamplingParams(
         max_new_tokens=gen_cfg.max_new_tokens,
         temperature=gen_cfg.temperature,
         top_p=gen_cfg.top_p,
         n=gen_cfg.n,
-        seed=gen_cfg.seed,
+        seed=seed,
     )
 
 

@@ -98,7 +98,7 @@ class Recipe:
     def evaluate(self, tag: str, keys: list[Any]) -> dict[str, Any]:
         """Greedy held-out predictions of each model in ``keys`` (``evaluate.method``), written
         to ``eval/<tag>-<name>.jsonl``, with accuracy and its bootstrap 95% interval."""
-        params = replace(sampling(self.cfg.generation), temperature=0.0, n=1)
+        params = replace(sampling(self.cfg.generation, self.cfg.seed), temperature=0.0, n=1)
         preds = self.workers.evaluate(
             keys, self.task_spec, self.test, self.cfg.evaluate.method, params, self.chat
         )

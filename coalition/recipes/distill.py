@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from coalition import progress, prompts, stats
 from coalition.checkpoints import load_state
@@ -26,27 +25,9 @@ from coalition.preflight import check_train_size
 from coalition.recipes.base import Log, Recipe
 from coalition.records import Example, Prediction
 from coalition.rundir import read_records, write_json, write_records
-from coalition.teachers import CotSample, EngineTeacher, OpenAITeacher, Teacher
+from coalition.teachers import CotSample, EngineTeacher, OpenAITeacher, Teacher, TeacherSample
 from coalition.team import Member, Team
 from coalition.training import settings_from
-
-
-@dataclass(frozen=True)
-class TeacherSample:
-    """One teacher rationale for a train question, its answer, and whether it is kept."""
-
-    task: str
-    qid: str
-    question: str
-    gold: str
-    sample: int
-    rationale: str
-    answer: str
-    extracted: str | None
-    kept: bool
-    tokens: int
-
-    kind: ClassVar[str] = "teacher_sample"
 
 
 def members(cfg: Config) -> list[Member]:

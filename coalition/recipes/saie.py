@@ -127,7 +127,7 @@ class SAIE(Recipe):
             texts = [self.rationale_prompt(ex) for ex in examples]
             return self.team.generate({BASE: texts}, params)[BASE]
 
-        params = replace(sampling(self.cfg.generation), seed=self.cfg.seed)
+        params = sampling(self.cfg.generation, self.cfg.seed)
         items, missing, source = warmup.source(
             cfg, self.task, self.warm_qs, sample_base, params, self.cfg.seed
         )
@@ -152,7 +152,7 @@ class SAIE(Recipe):
         s = self.cfg.saie
         pool = self.pool(r)
         seed = self.cfg.seed + 1000 * r
-        params = replace(sampling(self.cfg.generation), n=s.samples, seed=seed)
+        params = replace(sampling(self.cfg.generation, seed), n=s.samples)
         attempts = self.team.generate(
             {LEARNER: [self.rationale_prompt(ex) for ex in pool]}, params
         )[LEARNER]

@@ -163,6 +163,8 @@ def test_sweep_writes_table_csv_plot_and_best_config(restored_sweep):
         mean = sum(v["accuracy"] for v in per.values()) / len(per)
         assert float(row["acc_r1"]) == pytest.approx(mean, abs=5e-4)
     assert "acc_r0" in out and "best: trial" in out  # the table went to the terminal too
+    md = (sweep_dir / "results.md").read_text().splitlines()  # ...and to Markdown for docs
+    assert md[0].startswith("| trial |") and len(md) == 2 + len(rows)
     png = (sweep_dir / "accuracy_vs_size.png").read_bytes()
     assert png[:4] == b"\x89PNG" and len(png) > 10_000
     results = json.loads((sweep_dir / "results.json").read_text())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from coalition import sweep_results as R
-from coalition import sweeps as S
+from sweeps import results as R
+from sweeps import spec as S
 from sweeps import sweep as driver
 from tests.conftest import REPO
 

@@ -11,11 +11,11 @@ from coalition import config as config_mod
 from coalition import warmup
 from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec
-from coalition.recipes.distill import Distill, TeacherSample, build_teacher, judge, members
+from coalition.recipes.distill import Distill, build_teacher, judge, members
 from coalition.records import Example
 from coalition.rundir import read_records
 from coalition.tasks import get_task
-from coalition.teachers import CotSample, OpenAITeacher, TeacherError
+from coalition.teachers import CotSample, OpenAITeacher, TeacherError, TeacherSample
 from coalition.team import LocalTeam
 from tests.conftest import SMOKE
 from tests.openai_server import OpenAIServer

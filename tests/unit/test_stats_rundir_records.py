@@ -5,7 +5,7 @@ import torch
 
 from coalition import stats
 from coalition.records import Example, Prediction
-from coalition.rundir import Manifest, atomic_write, read_records, write_records
+from coalition.rundir import Manifest, atomic_write, read_records, write_json, write_records
 
 
 def test_bootstrap_interval_contains_mean_and_is_seeded():
@@ -62,6 +62,14 @@ def test_atomic_write_leaves_no_temp_and_manifest_persists(tmp_path):
     assert not m.done("warmup")
     m.mark("warmup", n=3)
     assert Manifest(tmp_path).done("warmup") and Manifest(tmp_path).info("warmup")["n"] == 3
+
+
+def test_json_files_hold_floats_without_binary_noise(tmp_path):
+    mean = (0.273 + 0.323) / 2  # 0.29800000000000004 in binary
+    write_json(tmp_path / "s.json", {"mean": mean, "ci": (0.1 + 0.2, 1e-15), "n": 300, "ok": True})
+    text = (tmp_path / "s.json").read_text()
+    assert '"mean": 0.298,' in text and "0.3," in text and "1e-15" in text
+    assert json.loads(text) == {"mean": 0.298, "ci": [0.3, 1e-15], "n": 300, "ok": True}
 
 
 def test_a_finished_stage_whose_outputs_are_gone_or_damaged_is_redone(tmp_path):

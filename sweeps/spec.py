@@ -2,7 +2,7 @@
 expansion into one :class:`~coalition.config.Config` per trial, and each trial's Ray resources.
 
 Pure (no Ray): ``sweeps/sweep.py`` turns what is described here into a Ray Tune run, and
-:mod:`coalition.sweep_results` turns the trials' reports into a table, a CSV, a plot and the
+:mod:`sweeps.results` turns the trials' reports into a table, a CSV, a plot and the
 best config. A sweep file (``configs/sweeps/*.yaml``) names a base config, fixed overrides,
 the models (family, size) and a search space over dotted config keys::
 
@@ -61,6 +61,16 @@ KNOWN_SIZES_B = {
 _SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bBmM])(?![a-zA-Z])")
 
 
+def _first_message(exc: Exception) -> str:
+    """A domain's own validation error as one line."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{loc}: {msg}" if loc else msg
+    return str(exc)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,10 +94,6 @@ class Domain(_Strict):
             if self.kind == "randint" and not all(isinstance(v, int) for v in lo_hi):
                 raise ValueError(f"randint takes [low, high) integers (got {lo_hi!r})")
         return self
-
-    @property
-    def finite(self) -> bool:
-        return self.kind in ("grid", "choice")
 
     def probes(self) -> list[Any]:
         """Values that stand for this domain when checking trial configs: every listed value,
@@ -280,68 +286,10 @@ class SweepConfig(_Strict):
 # ---------------------------------------------------------------------- loading
 
 
-def _first_message(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        return f"{loc}: {msg}" if loc else msg
-    return str(exc)
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    """``("models", 0, "family")`` → ``models[0].family``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<root>"
-
-
-def _describe(err: dict[str, Any]) -> str:
-    """One line per problem: the key path, then what is wrong and what is allowed."""
-    loc = tuple(err["loc"])
-    path = _path(loc)
-    if err["type"] == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        allowed = sorted(owner.model_fields) if owner else []
-        return f"{path}: {config_mod._unknown('key', str(loc[-1]), allowed)}"
-    msg = err["msg"].removeprefix("Value error, ")
-    got = err.get("input")
-    got_s = (
-        "" if isinstance(got, dict | list) or err["type"] == "value_error" else f" (got {got!r})"
-    )
-    if err["type"] == "value_error" and not loc:
-        return msg
-    return f"{path}: {msg}{got_s}"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The schema class that owns the field at ``loc`` (list indices skipped)."""
-    model: Any = SweepConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        fld = model.model_fields.get(part)
-        if fld is None:
-            return None
-        ann = fld.annotation
-        inner = getattr(ann, "__args__", None)
-        cls = inner[0] if inner and isinstance(inner[0], type) else ann
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            return None
-        model = cls
-    return model
-
-
 def validate(raw: dict[str, Any]) -> SweepConfig:
-    """A sweep file's mapping → :class:`SweepConfig`, or :class:`ConfigError` naming the key."""
-    try:
-        sweep = SweepConfig.model_validate(raw)
-    except ValidationError as exc:
-        # a misspelt key also shows up as the right key missing: name the misspelling first
-        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(_describe(errors[0]) + more) from None
+    """A sweep file's mapping → :class:`SweepConfig`, or :class:`ConfigError` naming the key
+    (the run config's validation, on this schema), every trial's config checked too."""
+    sweep = config_mod.validate_as(SweepConfig, raw)
     check_trials(sweep)
     return sweep
 
@@ -407,18 +355,6 @@ def search_space(sweep: SweepConfig) -> dict[str, Domain]:
     return space
 
 
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    """``raw[a][b][c] = value`` for ``key="a.b.c"`` (a mapping value replaces that section)."""
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def trial_config(sweep: SweepConfig, params: dict[str, Any], run_dir: Path | str) -> Config:
     """The full config of the trial with sampled ``params`` (``model`` label + space keys)."""
     if MODEL_PARAM not in params:
@@ -435,9 +371,9 @@ def trial_config(sweep: SweepConfig, params: dict[str, Any], run_dir: Path | str
     for where, values in layers:
         for key, value in values.items():
             try:
-                set_dotted(raw, key, value)
+                config_mod.set_dotted(raw, key.split("."), value)
             except ConfigError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
+                raise ConfigError(f"{where}: {key}: {exc}") from None
     raw["run_dir"] = str(run_dir)
     return config_mod.validate(raw)
 

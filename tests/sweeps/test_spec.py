@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from coalition import config
-from coalition import sweep_results as R
-from coalition import sweeps as S
 from coalition.config import ConfigError
+from sweeps import results as R
+from sweeps import spec as S
 from tests.conftest import REPO
 
 SWEEPS = REPO / "configs" / "sweeps"

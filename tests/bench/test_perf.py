@@ -1,4 +1,4 @@
-"""jobs/bench.py gpu's measurements (coalition.perf) on the CPU with the tiny shape: the shapes
+"""jobs/bench.py gpu's measurements (bench.perf) on the CPU with the tiny shape: the shapes
 are the real models' sizes, the suite runs our engine and training paths end to end, and its
 figures are consistent with the work it did."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from coalition import perf
+from bench import perf
 from coalition.engines import EngineSpec
 
 

@@ -85,7 +85,7 @@ class Run(Recipe):
             texts = [self.render("rationale", ex) for ex in examples]
             return self.workers.generate({None: texts}, params)[None]
 
-        params = replace(sampling(self.cfg.generation), seed=self.cfg.seed)
+        params = sampling(self.cfg.generation, self.cfg.seed)
         items, missing, source = warmup.source(
             cfg, self.task, self.warm_qs, sample_base, params, self.cfg.seed
         )
@@ -130,7 +130,7 @@ class Run(Recipe):
         return parts, gen_owner, ref_owner
 
     def round_params(self, r: int, salt: int) -> Any:
-        return replace(sampling(self.cfg.generation), n=1, seed=self.cfg.seed + 1000 * r + salt)
+        return replace(sampling(self.cfg.generation, self.cfg.seed + 1000 * r + salt), n=1)
 
     def generate(self, r: int) -> dict[str, Any]:
         pool = self.pool(r)
