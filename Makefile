@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 model: install
-	$(BIN)/python -m coalition.models
+	$(BIN)/python -m coalition.engines.models
 
 run: model
 	$(BIN)/python jobs/train.py $(ARGS)

@@ -7,12 +7,12 @@ from typing import Any
 
 import ray
 
+from coalition.data.records import Example
 from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec, SamplingParams
-from coalition.records import Example
-from coalition.training import threads_for
-from coalition.variants import VariantHost
-from coalition.weightsync import Channel, Members
+from coalition.engines.weightsync import Channel, Members
+from coalition.method.training import threads_for
+from coalition.method.variants import VariantHost
 
 
 class _EngineHost:

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from coalition import progress
+from coalition.run import progress
 
 LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -77,7 +77,7 @@ class Resilient:
 def started(handles: Sequence[Resilient], timeout: float) -> None:
     """Wait until every actor has started (its model loaded); past ``timeout`` say which did
     not and what Ray has free, instead of letting the first call wait forever."""
-    from coalition.preflight import ResourceTimeout
+    from coalition.run.preflight import ResourceTimeout
 
     pending = {h.name: h.submit("pid") for h in handles}
     ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=timeout)

@@ -6,7 +6,7 @@ Two deployments:
   trained state (LoRA adapters, or full copies), generating for any variant and computing the
   base features the controller routes on. The same :class:`LocalWorkers` the tests use.
 - ``Deliberator`` — the FastAPI ingress: auth, validation, request batching (``serve.batch``),
-  then :func:`coalition.deliberation.deliberate` on the batch — the code path the evaluation
+  then :func:`coalition.method.deliberation.deliberate` on the batch — the code path the evaluation
   suite measures — with the models reached through their deployment handle.
 
 API: ``POST /v1/solve`` {question, options?} → answer, rationale, who generated and refined,
@@ -34,11 +34,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from coalition import config as config_mod
-from coalition.config import ConfigError
+from coalition.data.records import Example
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
-from coalition.records import Example
+from coalition.run import config as config_mod
+from coalition.run.config import ConfigError
 
 log = logging.getLogger("coalition.serve")
 
@@ -72,11 +72,11 @@ class VariantModels:
     def __init__(self, run_dir: str, overrides: dict[str, Any]):
         import torch
 
-        from coalition.checkpoints import load_state
-        from coalition.models import resolve
+        from coalition.engines.models import resolve
+        from coalition.groups.workers import LocalWorkers
+        from coalition.method.training import lora_spec, threads_for
         from coalition.recipes.sro import trained_run
-        from coalition.training import lora_spec, threads_for
-        from coalition.workers import LocalWorkers
+        from coalition.run.checkpoints import load_state
 
         cfg, self.version = trained_run(Path(run_dir))
         cfg = config_mod.override(cfg, overrides)
@@ -110,7 +110,7 @@ class VariantModels:
 
 
 class _HandleModels:
-    """:class:`coalition.deliberation.Models` over the VariantModels handle (called from a
+    """:class:`coalition.method.deliberation.Models` over the VariantModels handle (called from a
     worker thread, so blocking on ``.result()`` never stalls the ingress event loop)."""
 
     def __init__(self, handle: Any, tokenizer: Any):
@@ -236,12 +236,12 @@ class Deliberator:
     def __init__(self, models: Any, run_dir: str, overrides: dict[str, Any]):
         from transformers import AutoTokenizer
 
-        from coalition.controller import Controller, report_dict
-        from coalition.deliberation import ControllerRouter, Fixed, RandomRouter
-        from coalition.models import resolve
-        from coalition.preflight import PROMPT_OVERHEAD_TOKENS, context_of
+        from coalition.data.tasks import from_config
+        from coalition.engines.models import resolve
+        from coalition.method.controller import Controller, report_dict
+        from coalition.method.deliberation import ControllerRouter, Fixed, RandomRouter
         from coalition.recipes.sro import trained_run
-        from coalition.tasks import from_config
+        from coalition.run.preflight import PROMPT_OVERHEAD_TOKENS, context_of
 
         cfg, self.version = trained_run(Path(run_dir))
         self.cfg = cfg = config_mod.override(cfg, overrides)
@@ -337,7 +337,7 @@ class Deliberator:
         return await asyncio.to_thread(self._deliberate, examples)
 
     def _deliberate(self, examples: list[Example]) -> list[Any]:
-        from coalition.deliberation import Steps, deliberate
+        from coalition.method.deliberation import Steps, deliberate
 
         return deliberate(
             Steps(self.models, self.params),

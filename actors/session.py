@@ -8,7 +8,7 @@ import math
 import os
 import secrets
 
-from coalition.config import Config
+from coalition.run.config import Config
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 log = logging.getLogger("coalition.session")
@@ -49,7 +49,7 @@ def init_ray(cfg: Config, job: str = "train") -> None:
     has no loopback-only option), and without the token none of them accepts a call."""
     import ray
 
-    from coalition import preflight
+    from coalition.run import preflight
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():

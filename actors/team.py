@@ -14,11 +14,11 @@ from actors.hosts import GeneratorActor
 from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
-from coalition.config import Config
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
-from coalition.team import Member, Team, adapter_of, check_members, host_name
-from coalition.training import State, StepSettings, lora_spec
+from coalition.groups.team import Member, Team, adapter_of, check_members, host_name
+from coalition.method.training import State, StepSettings, lora_spec
+from coalition.run.config import Config
 
 
 class RayTeam(Team):

@@ -7,7 +7,7 @@
   restarted by Ray Train (``FailureConfig``) and the update is redone.
 - ``per_update``: a fresh TorchTrainer per update (frees the workers' GPUs between updates).
 
-Each worker runs :func:`coalition.training.run_update` with TRL's trainer hooked into Ray
+Each worker runs :func:`coalition.method.training.run_update` with TRL's trainer hooked into Ray
 through ``prepare_trainer`` (DDP with gloo on CPU, NCCL on GPU, when ``num_workers > 1``).
 TRL is used rather than our own loop because its SFT/DPO losses, masking and reference
 handling are the tested implementations.
@@ -29,10 +29,10 @@ import ray
 
 from actors.resilient import Resilient, gather
 from actors.session import QUIET
-from coalition import progress
 from coalition.engines.base import LoraSpec
-from coalition.training import State, StepSettings, release_memory, run_update, threads_for
-from coalition.weightsync import Channel, Members, fingerprint
+from coalition.engines.weightsync import Channel, Members, fingerprint
+from coalition.method.training import State, StepSettings, release_memory, run_update, threads_for
+from coalition.run import progress
 
 STATE_FILE = "state.safetensors"
 # Ray Train routes every print of a worker to its logger, even prints a library captures for
@@ -380,7 +380,7 @@ class PersistentTrainer:
             self.up = True
         elif time.monotonic() - self.created > self.start_timeout:
             from actors.resilient import free_resources
-            from coalition.preflight import ResourceTimeout
+            from coalition.run.preflight import ResourceTimeout
 
             raise ResourceTimeout(
                 f"trainer {self.name}: its {self.workers} worker(s) did not start within "

@@ -14,12 +14,12 @@ from actors.hosts import GeneratorActor, ScorerActor
 from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
 from actors.training import PersistentTrainer, persistent_trainer, train_with
-from coalition.config import Config
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
-from coalition.training import State, StepSettings, lora_spec
-from coalition.weightsync import Channel, fingerprint, host_store
-from coalition.workers import Workers, scorer_keys, variant_key
+from coalition.engines.weightsync import Channel, fingerprint, host_store
+from coalition.groups.workers import Workers, scorer_keys, variant_key
+from coalition.method.training import State, StepSettings, lora_spec
+from coalition.run.config import Config
 
 
 class PushChannels:
@@ -244,7 +244,7 @@ def start_workers(cfg: Config, run_dir: Path) -> RayWorkers:
     """Ray (local, or the cluster ``ray.address`` names) and a COALITION run's workers on it:
     what jobs/train.py and jobs/ablate.py run their recipes on."""
     from actors.session import init_ray
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
 
     init_ray(cfg, "train")
     return RayWorkers(cfg, resolve(cfg.model.name_or_path), Path(run_dir) / "ray_train")

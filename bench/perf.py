@@ -193,7 +193,7 @@ def _receive_versions(channel: Any, versions: int, device: str, done: Any) -> No
     """A broadcast receiver in its own process (``broadcast_push``)."""
     import torch
 
-    from coalition.weightsync import Member
+    from coalition.engines.weightsync import Member
 
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
@@ -211,7 +211,7 @@ def broadcast_push(state: dict[str, Any], repeats: int) -> dict[str, Any]:
 
     import torch
 
-    from coalition.weightsync import Channel, Member, host_store
+    from coalition.engines.weightsync import Channel, Member, host_store
 
     gpus = torch.cuda.device_count()
     if gpus == 1:
@@ -271,7 +271,7 @@ def dpo_speed(
     import torch
     from transformers import AutoTokenizer, TrainerCallback
 
-    from coalition.training import StepSettings, dpo, load_trainable
+    from coalition.method.training import StepSettings, dpo, load_trainable
 
     tok = AutoTokenizer.from_pretrained(path)
     half = seq_len // 2

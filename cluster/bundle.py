@@ -88,7 +88,7 @@ set -e
 cd "$(dirname "$0")"
 python -m pip install --no-index --find-links . -r requirements.txt -c constraints.txt
 python -m pip install --no-index --find-links . --no-deps coalition {no_deps}
-python -m coalition.models  # converts the embedded model into the user cache
+python -m coalition.engines.models  # converts the embedded model into the user cache
 """
 
 

@@ -5,7 +5,7 @@
 Each arm of ``ablate.arms`` is a COALITION run (``run_dir/arms/<name>/``, a jobs/train.py run
 directory that jobs/evaluate.py and jobs/serve.py read) with some round-level keys changed. The
 first arm computes the warm-up; the others adopt it, and any round-1 stage whose settings agree
-with an earlier arm's (``coalition.ablation.ROUND1_CHAIN``). The arms run one after another on
+with an earlier arm's (``coalition.recipes.ablation.ROUND1_CHAIN``). The arms run one after another on
 one set of actors and trainers. Results: ``ablation.md``, ``ablation.json``, ``ablation.png``.
 """
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from coalition import ablation, cli, rundir
-from coalition import config as config_mod
-from coalition.config import Config
-from coalition.report import print_table
+from coalition.recipes import ablation
+from coalition.run import cli, rundir
+from coalition.run import config as config_mod
+from coalition.run.config import Config
+from coalition.run.report import print_table
 
 
 def prepare_arm(arm_dir: Path, cfg: Config) -> None:
@@ -32,7 +33,7 @@ def prepare_arm(arm_dir: Path, cfg: Config) -> None:
 
 def report(run_dir: Path, cfg: Config, done: list[ablation.ArmResult]) -> dict:
     """Write and return the table of the arms finished so far."""
-    from coalition.plots import accuracy_per_round
+    from coalition.run.plots import accuracy_per_round
 
     result = ablation.table(done, cfg.evaluate.bootstrap, cfg.seed)
     rundir.write_json(run_dir / "ablation.json", result)

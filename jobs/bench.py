@@ -29,10 +29,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from coalition import cli, prompts, tasks
+from coalition.data import prompts, tasks
 from coalition.engines import EngineSpec, build_engine, sampling
-from coalition.report import print_table
-from coalition.rundir import write_json
+from coalition.run import cli
+from coalition.run.report import print_table
+from coalition.run.rundir import write_json
 
 
 def bench_engine(cfg) -> dict:
@@ -83,7 +84,7 @@ def _bench_lora(cfg, engine, texts, params, timed) -> dict:
     import torch
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from coalition.training import lora_spec
+    from coalition.method.training import lora_spec
 
     spec = lora_spec(cfg.variants.lora)
     torch.manual_seed(cfg.seed)
@@ -113,11 +114,11 @@ def bench_round(cfg, run_dir: Path) -> dict:
 
     from actors.session import init_ray
     from actors.workers import RayWorkers
-    from coalition.checkpoints import save_state
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
+    from coalition.groups.workers import LocalWorkers
+    from coalition.method.training import export_state, load_trainable, lora_spec
     from coalition.recipes.sro import Run
-    from coalition.training import export_state, load_trainable, lora_spec
-    from coalition.workers import LocalWorkers
+    from coalition.run.checkpoints import save_state
 
     base_path = resolve(cfg.model.name_or_path)
     cfg = cfg.model_copy(update={"rounds": 1})
@@ -193,10 +194,10 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     from transformers import AutoConfig
 
     from bench import perf
-    from coalition import scoring, warmup
     from coalition.engines.hf import HFEngine
-    from coalition.models import resolve
-    from coalition.training import threads_for
+    from coalition.engines.models import resolve
+    from coalition.method import scoring, warmup
+    from coalition.method.training import threads_for
 
     threads = threads_for(cfg.ray.generator_cpus)
     mach = perf.machine(threads)
@@ -285,7 +286,7 @@ def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
 
     from actors.session import init_ray
     from actors.training import PersistentTrainer
-    from coalition.training import lora_spec, settings_from
+    from coalition.method.training import lora_spec, settings_from
 
     init_ray(cfg.model_copy(update={"variants": cfg.variants.model_copy(update={"count": 2})}))
     trainer = PersistentTrainer(
@@ -366,8 +367,8 @@ def bench_serve(cfg) -> dict:
 
     from actors.serve import build
     from actors.session import init_ray
-    from coalition.config import ConfigError
     from coalition.recipes.sro import trained_run
+    from coalition.run.config import ConfigError
 
     if not cfg.bench.run:
         raise ConfigError("bench serve needs bench.run=<a jobs/train.py run directory>")
@@ -426,8 +427,8 @@ def bench_serve(cfg) -> dict:
 
 def bench_gpu(cfg, run_dir: Path) -> dict:
     from bench import perf
-    from coalition.config import ConfigError
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
+    from coalition.run.config import ConfigError
 
     unknown = [s for s in cfg.bench.shapes if s not in perf.SHAPES]
     if unknown:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from coalition import cli
-from coalition.report import print_accuracy
+from coalition.run import cli
+from coalition.run.report import print_accuracy
 
 DEFAULT = Path(__file__).resolve().parent.parent / "configs" / "distill.yaml"
 

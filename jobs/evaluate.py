@@ -25,13 +25,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from coalition import cli, preflight, rundir, stats, tasks
-from coalition import config as config_mod
-from coalition.config import Config, ConfigError
+from coalition.data import tasks
 from coalition.engines import build_engine, sampling
-from coalition.evaluation import evaluate
-from coalition.report import print_table
-from coalition.rundir import write_json, write_records
+from coalition.method.evaluation import evaluate
+from coalition.run import cli, preflight, rundir, stats
+from coalition.run import config as config_mod
+from coalition.run.config import Config, ConfigError
+from coalition.run.report import print_table
+from coalition.run.rundir import write_json, write_records
 
 
 def _aliases(argv: list[str] | None) -> list[str]:
@@ -120,12 +121,12 @@ def suite(argv: list[str], cfg: Config) -> int:
     rundir.lock(run_dir)  # it writes evaluation/ (and a controller) beside the run
     from actors.session import init_ray
     from actors.workers import RayWorkers
-    from coalition.controller import Controller
-    from coalition.deliberation import Steps
-    from coalition.models import resolve
-    from coalition.plots import method_bars
+    from coalition.engines.models import resolve
+    from coalition.method.controller import Controller
+    from coalition.method.deliberation import Steps
+    from coalition.method.suite import compare, rows, run_suite
     from coalition.recipes.sro import Run
-    from coalition.suite import compare, rows, run_suite
+    from coalition.run.plots import method_bars
 
     start = time.perf_counter()
     init_ray(cfg, "suite")
@@ -207,7 +208,7 @@ def discussion(argv: list[str], cfg: Config) -> int:
     trained run's models (COALITION variants in turn, a SAIE learner, a distilled student) or,
     without a trained run_dir, the base model."""
     from actors.session import init_ray
-    from coalition.discussion import accuracy_by_round, discuss
+    from coalition.method.discussion import accuracy_by_round, discuss
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
     trained = run_dir is not None and rundir.owner(run_dir) in ("train", "saie", "distill")
@@ -298,10 +299,10 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     """(models, agent keys, close, label) for a discussion: a COALITION run's variants in turn,
     a SAIE learner or distilled student, or the base model."""
     from actors.team import RayTeam
-    from coalition.checkpoints import load_state
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
+    from coalition.groups.team import Bound, Member
     from coalition.recipes.base import latest_version, state_path
-    from coalition.team import Bound, Member
+    from coalition.run.checkpoints import load_state
 
     path = resolve(cfg.model.name_or_path)
     if run_dir is not None and state_path(run_dir, "v0", 1).exists():

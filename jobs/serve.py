@@ -19,8 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from coalition import cli, preflight
-from coalition.config import Config, ConfigError
+from coalition.run import cli, preflight
+from coalition.run.config import Config, ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,11 +57,11 @@ def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
     states (and controller, when routing by it), a model that loads, a token that is a token
     (or a loud word that there is none, on loopback only), and a free port. The token, when it
     comes from the environment, is put in ``flat`` for the replicas."""
-    from coalition.checkpoints import check_state
-    from coalition.config import SERVE_TOKEN_ENV, override
-    from coalition.controller import Controller
+    from coalition.method.controller import Controller
     from coalition.recipes.base import state_path
     from coalition.recipes.sro import trained_run
+    from coalition.run.checkpoints import check_state
+    from coalition.run.config import SERVE_TOKEN_ENV, override
 
     cfg, version = trained_run(run_dir)
     cfg = override(cfg, flat)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from coalition import cli
-from coalition.report import print_accuracy
+from coalition.run import cli
+from coalition.run.report import print_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from coalition.config import Config
-from coalition.rundir import atomic_write
+from coalition.run.config import Config
+from coalition.run.rundir import atomic_write
 
 METRIC = "accuracy"  # mean held-out accuracy over the variants, reported after each round
 TIME_ATTR = "round"  # 0 = after the warm-up, r = after round r

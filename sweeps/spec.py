@@ -1,5 +1,5 @@
 """Sweeps over model families, sizes and COALITION settings: the sweep file's schema, its
-expansion into one :class:`~coalition.config.Config` per trial, and each trial's Ray resources.
+expansion into one :class:`~coalition.run.config.Config` per trial, and each trial's Ray resources.
 
 Pure (no Ray): ``sweeps/sweep.py`` turns what is described here into a Ray Tune run, and
 :mod:`sweeps.results` turns the trials' reports into a table, a CSV, a plot and the
@@ -40,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from coalition import config as config_mod
-from coalition.config import REPO_ROOT, Config, ConfigError
+from coalition.run import config as config_mod
+from coalition.run.config import REPO_ROOT, Config, ConfigError
 
 SCHEMA_VERSION = 1
 MODEL_PARAM = "model"  # the search-space entry that picks the model (family, size)

@@ -30,10 +30,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from coalition import cli
-from coalition.config import ConfigError
-from coalition.report import print_table
-from coalition.rundir import atomic_write, write_json
+from coalition.run import cli
+from coalition.run.config import ConfigError
+from coalition.run.report import print_table
+from coalition.run.rundir import atomic_write, write_json
 from sweeps import results as R
 from sweeps import spec as S
 
@@ -51,9 +51,9 @@ def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str)
     from ray import tune
 
     from actors.workers import RayWorkers
-    from coalition.cli import check_combination, check_resume
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
     from coalition.recipes.sro import Run
+    from coalition.run.cli import check_combination, check_resume
 
     sweep = S.SweepConfig.model_validate(sweep_raw)
     trial_id = tune.get_context().get_trial_id()
@@ -176,7 +176,7 @@ def build_tuner(sweep: S.SweepConfig, sweep_dir: Path, concurrent: int, max_roun
 
 def check_resume(sweep: S.SweepConfig, sweep_dir: Path) -> None:
     """A restored sweep keeps its space and settings (Tune restores its own copy of them)."""
-    from coalition.cli import diff
+    from coalition.run.cli import diff
 
     old_path = sweep_dir / "sweep.yaml"
     if not old_path.exists():
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = sweep.model_copy(update={"run_dir": str(sweep_dir)})
     check_resume(sweep, sweep_dir)
 
-    from coalition.cli import check_combination
+    from coalition.run.cli import check_combination
 
     configs = S.check_trials(sweep)
     for cfg in configs:

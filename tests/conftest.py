@@ -20,7 +20,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
-    from coalition.models import resolve
+    from coalition.engines.models import resolve
 
     return resolve("builtin:tiny")
 
@@ -51,7 +51,7 @@ def two_variant_workers(tiny_path: str):
     """In-process workers on the tiny model with variants v0 and v1 (random LoRA states, v1)."""
     from coalition.engines import EngineSpec
     from coalition.engines.base import LoraSpec
-    from coalition.workers import LocalWorkers
+    from coalition.groups.workers import LocalWorkers
 
     spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
     w = LocalWorkers(tiny_path, "lora", spec, "base", 2, EngineSpec(batch_size=4))
@@ -63,11 +63,11 @@ def two_variant_workers(tiny_path: str):
 def make_run_dir(path, tiny_path, overrides=("deliberation.refine_turns=1",), summary=False):
     """A finished smoke run as the training job leaves it: config, variant states, controller
     (and, with ``summary``, its summary.json), in seconds and without Ray."""
-    from coalition import config
-    from coalition import controller as C
-    from coalition.checkpoints import save_state
     from coalition.engines.hf import HFEngine
-    from coalition.rundir import Manifest, atomic_write
+    from coalition.method import controller as C
+    from coalition.run import config
+    from coalition.run.checkpoints import save_state
+    from coalition.run.rundir import Manifest, atomic_write
 
     cfg = config.load(SMOKE, list(overrides))
     atomic_write(path / "config.yaml", config.dump(cfg))

@@ -32,7 +32,7 @@ class OpenAIServer:
 
     def __init__(self, engine: HFEngine | None = None, model: str = MODEL):
         if engine is None:
-            from coalition.models import tiny_path
+            from coalition.engines.models import tiny_path
 
             engine = HFEngine.from_pretrained(
                 str(tiny_path()), dtype="float32", device="cpu", batch_size=8, progress=False

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from coalition.config import VLLMConfig
 from coalition.engines.base import Engine, Generation, LoraSpec, SamplingParams, TokenScore
+from coalition.run.config import VLLMConfig
 
 ENGINES = ("hf", "vllm")
 
@@ -27,7 +27,7 @@ class EngineSpec:
 
     @classmethod
     def of(cls, cfg: Any, progress: bool = False) -> EngineSpec:
-        """The engine a :class:`coalition.config.Config` asks for."""
+        """The engine a :class:`coalition.run.config.Config` asks for."""
         return cls(
             kind=cfg.engine,
             dtype=cfg.model.dtype,
@@ -69,8 +69,8 @@ class EngineSpec:
 
 
 def build_engine(cfg: Any, progress: bool = True) -> Engine:
-    """The engine a :class:`coalition.config.Config` asks for, on its model (and adapter)."""
-    from coalition.models import resolve
+    """The engine a :class:`coalition.run.config.Config` asks for, on its model (and adapter)."""
+    from coalition.engines.models import resolve
 
     eng = EngineSpec.of(cfg, progress).open(resolve(cfg.model.name_or_path))
     if cfg.model.adapter:
@@ -79,7 +79,7 @@ def build_engine(cfg: Any, progress: bool = True) -> Engine:
 
 
 def sampling(gen_cfg, seed: int) -> SamplingParams:
-    """:class:`SamplingParams` from a :class:`coalition.config.GenerationConfig`; the seed is
+    """:class:`SamplingParams` from a :class:`coalition.run.config.GenerationConfig`; the seed is
     the caller's (the run's ``seed``, offset per round and variant where the recipe needs)."""
     return SamplingParams(
         max_new_tokens=gen_cfg.max_new_tokens,

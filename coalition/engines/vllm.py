@@ -30,7 +30,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from coalition.config import VLLMConfig
 from coalition.engines.base import (
     Engine,
     Generation,
@@ -41,6 +40,7 @@ from coalition.engines.base import (
     stop_ids,
     target_ids,
 )
+from coalition.run.config import VLLMConfig
 
 # Settings the CPU build needs or runs much better with (measured, DESIGN §8); set before vLLM
 # is imported, and only where the user has not set them.

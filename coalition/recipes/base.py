@@ -17,15 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coalition import progress, stats
-from coalition.checkpoints import save_state
-from coalition.config import Config
+from coalition.data.records import Prediction
+from coalition.data.tasks import from_config
+from coalition.data.tasks.base import Task
 from coalition.engines import sampling
-from coalition.records import Prediction
-from coalition.rundir import Manifest, read_records, recording, write_jsonl, write_records
-from coalition.tasks import from_config
-from coalition.tasks.base import Task
-from coalition.training import State
+from coalition.method.training import State
+from coalition.run import progress, stats
+from coalition.run.checkpoints import save_state
+from coalition.run.config import Config
+from coalition.run.rundir import Manifest, read_records, recording, write_jsonl, write_records
 
 Log = Callable[[str], None]
 

@@ -17,17 +17,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from coalition import progress, prompts, stats
-from coalition.checkpoints import load_state
-from coalition.config import Config, ConfigError
-from coalition.models import resolve
-from coalition.preflight import check_train_size
+from coalition.data import prompts
+from coalition.data.records import Example, Prediction
+from coalition.engines.models import resolve
+from coalition.groups.team import Member, Team
+from coalition.method.teachers import (
+    CotSample,
+    EngineTeacher,
+    OpenAITeacher,
+    Teacher,
+    TeacherSample,
+)
+from coalition.method.training import settings_from
 from coalition.recipes.base import Log, Recipe
-from coalition.records import Example, Prediction
-from coalition.rundir import read_records, write_json, write_records
-from coalition.teachers import CotSample, EngineTeacher, OpenAITeacher, Teacher, TeacherSample
-from coalition.team import Member, Team
-from coalition.training import settings_from
+from coalition.run import progress, stats
+from coalition.run.checkpoints import load_state
+from coalition.run.config import Config, ConfigError
+from coalition.run.preflight import check_train_size
+from coalition.run.rundir import read_records, write_json, write_records
 
 
 def members(cfg: Config) -> list[Member]:
@@ -232,7 +239,7 @@ class Distill(Recipe):
         return self.summarise()
 
     def summarise(self) -> dict[str, Any]:
-        from coalition.plots import accuracy_per_round
+        from coalition.run.plots import accuracy_per_round
 
         info = self.manifest.stages
         acc = {

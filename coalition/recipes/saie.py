@@ -28,17 +28,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from coalition import progress, prompts, warmup
-from coalition.checkpoints import load_state
-from coalition.config import Config
+from coalition.data import prompts
+from coalition.data.records import Example
 from coalition.engines import sampling
-from coalition.models import resolve
-from coalition.preflight import check_train_size
+from coalition.engines.models import resolve
+from coalition.groups.team import Member, Team
+from coalition.method import warmup
+from coalition.method.training import settings_from
 from coalition.recipes.base import Log, Recipe
-from coalition.records import Example
-from coalition.rundir import read_records, write_json, write_records
-from coalition.team import Member, Team
-from coalition.training import settings_from
+from coalition.run import progress
+from coalition.run.checkpoints import load_state
+from coalition.run.config import Config
+from coalition.run.preflight import check_train_size
+from coalition.run.rundir import read_records, write_json, write_records
 
 LEARNER, PARTNER, BASE = "learner", "partner", "base"
 BASELINE = "baseline"  # saved states of the plain-SFT baseline (``saie.baseline``)
@@ -255,7 +257,7 @@ class SAIE(Recipe):
         return self.summarise()
 
     def summarise(self) -> dict[str, Any]:
-        from coalition.plots import accuracy_per_round
+        from coalition.run.plots import accuracy_per_round
 
         info = self.manifest.stages
         acc: dict[str, Any] = {}

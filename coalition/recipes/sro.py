@@ -6,7 +6,7 @@ manifest; a rerun with the same ``run_dir`` skips finished stages and reads thei
 so a crash or ``kill -9`` loses at most the stage in flight. Generation is seeded per stage, so a
 resumed run reaches the same pairs as an uninterrupted one.
 
-The recipe only talks to :class:`coalition.workers.Workers`; whether those are Ray actors and
+The recipe only talks to :class:`coalition.groups.workers.Workers`; whether those are Ray actors and
 Ray Train jobs or in-process engines is the caller's choice.
 """
 
@@ -19,18 +19,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coalition import controller as C
-from coalition import pairs as P
-from coalition import progress, prompts, scoring, stats, warmup
-from coalition.checkpoints import load_state
-from coalition.config import Config, ConfigError
+from coalition.data import prompts
+from coalition.data.records import Example
 from coalition.engines import sampling
-from coalition.preflight import check_train_size
+from coalition.groups.workers import Workers, variant_key
+from coalition.method import controller as C
+from coalition.method import pairs as P
+from coalition.method import scoring, warmup
+from coalition.method.training import settings_from
 from coalition.recipes.base import Log, Recipe, latest_version, predictions_of
-from coalition.records import Example
-from coalition.rundir import read_records, write_json, write_records
-from coalition.training import settings_from
-from coalition.workers import Workers, variant_key
+from coalition.run import progress, stats
+from coalition.run.checkpoints import load_state
+from coalition.run.config import Config, ConfigError
+from coalition.run.preflight import check_train_size
+from coalition.run.rundir import read_records, write_json, write_records
 
 OnEval = Callable[[int, dict[str, Any]], None]
 
@@ -374,7 +376,7 @@ class Run(Recipe):
         return out
 
     def summarise(self) -> dict[str, Any]:
-        from coalition.plots import accuracy_per_round
+        from coalition.run.plots import accuracy_per_round
 
         info = self.manifest.stages
         acc: dict[str, dict[str, Any]] = {}
@@ -425,8 +427,8 @@ def _routing_line(rep: dict[str, Any]) -> str:
 def trained_run(run_dir: Path) -> tuple[Config, int]:
     """A finished (or interrupted) run's config and the newest version every variant has a
     saved state of (1: after the warm-up) — what evaluation and serving load."""
-    from coalition import config as config_mod
-    from coalition import rundir
+    from coalition.run import config as config_mod
+    from coalition.run import rundir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from coalition import config
+from coalition.run import config
 from tests.conftest import REPO
 
 ENV = {

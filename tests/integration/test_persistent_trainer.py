@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from coalition.engines.base import LoraSpec
-from coalition.training import StepSettings
+from coalition.method.training import StepSettings
 
 SPEC = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
 
@@ -90,7 +90,7 @@ def test_worker_killed_mid_update_is_restarted_and_the_update_redone(trainer, ra
 def test_the_driver_sees_the_updates_steps_and_loss_live(trainer):
     """Rank 0 reports each logged step to the mailbox; the driver's wait puts it on the
     stage's live progress line (steps done of the total, the loss)."""
-    from coalition import progress
+    from coalition.run import progress
 
     board = progress.Board(stream=io.StringIO(), every=60.0)
     seen = []

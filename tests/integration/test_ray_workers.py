@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from coalition import config
 from coalition.engines.base import SamplingParams
+from coalition.run import config
 from tests.conftest import SMOKE, lora_state
 
 
@@ -78,7 +78,7 @@ def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp
 
     from actors.workers import RayWorkers
     from coalition.engines.hf import HFEngine
-    from coalition.training import StepSettings
+    from coalition.method.training import StepSettings
 
     cfg = config.load(
         SMOKE, ["variants.mode=full", "scorer=base", "ray.full_push=collective", "ray.chunk_size=4"]

@@ -169,7 +169,7 @@ def test_the_serve_config_file_names_our_app_builder():
     import yaml
 
     from actors.serve import app_builder
-    from coalition.config import ConfigError
+    from coalition.run.config import ConfigError
     from tests.conftest import REPO
 
     spec = yaml.safe_load((REPO / "configs/serve/app.yaml").read_text())

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coalition import config
-from coalition.config import ConfigError
+from coalition.run import config
+from coalition.run.config import ConfigError
 from sweeps import results as R
 from sweeps import spec as S
 from tests.conftest import REPO

@@ -1,0 +1,1 @@
+"""Model groups: the named models a recipe generates, scores and trains with, in one process or behind Ray actors (the Ray side lives in actors/)."""

@@ -1,0 +1,186 @@
+"""The models of a two-model recipe (Fine-tune-CoT's teacher and student, SAIE's learner and
+partner), by name, and the in-process implementation.
+
+A :class:`Member` is a model path and whether the recipe trains it. Trained members are LoRA
+adapters named after them (or, with ``mode: full``, full copies on their own engine); frozen
+members are the plain model. Members on the same path share one engine, so a student and its
+base, or a learner and a same-base partner, cost one model in memory.
+
+:class:`LocalTeam` runs everything in this process (unit tests); ``actors.team.RayTeam`` hosts
+each engine in a Ray actor and runs updates under Ray Train. Both implement the
+generation by name, so multi-agent discussion runs on either (through :class:`Bound`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from coalition.data.records import Example, Prediction
+from coalition.engines import EngineSpec
+from coalition.engines.base import Generation, LoraSpec, SamplingParams
+from coalition.method import training
+from coalition.method.training import State, StepSettings
+from coalition.method.variants import VariantHost
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a recipe: where its weights come from and whether the recipe trains it."""
+
+    name: str
+    path: str
+    trained: bool = False
+
+
+def host_name(member: Member, mode: str) -> str:
+    """Which engine serves ``member``: one per path, except full-weight trained copies."""
+    return f"{member.path}#{member.name}" if member.trained and mode == "full" else member.path
+
+
+def adapter_of(member: Member) -> str | None:
+    """The key a host serves ``member`` under (None: the plain model)."""
+    return member.name if member.trained else None
+
+
+def check_members(members: Sequence[Member]) -> dict[str, Member]:
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"member names must be unique: {names}")
+    return {m.name: m for m in members}
+
+
+class Team(ABC):
+    """Generation, evaluation, updates and weight pushes for named members."""
+
+    members: dict[str, Member]
+    parallel_updates: bool = False
+
+    @abstractmethod
+    def tokenizer_of(self, name: str) -> Any:
+        """The tokenizer ``name`` reads (members on different paths may differ)."""
+
+    @abstractmethod
+    def generate(
+        self, jobs: dict[str, list[str]], params: SamplingParams
+    ) -> dict[str, list[list[Generation]]]:
+        """Generate for several members at once (name → prompts), each at its pushed version."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        names: list[str],
+        task_spec: dict[str, Any],
+        examples: list[Example],
+        method: str,
+        params: SamplingParams,
+        chat: bool,
+    ) -> dict[str, list[Prediction]]:
+        """Held-out predictions of each member in ``names``."""
+
+    @abstractmethod
+    def train(
+        self, kind: str, name: str, state: State | None, rows: list[dict[str, str]], s: StepSettings
+    ) -> tuple[State, dict[str, float]]:
+        """One SFT or DPO update of trained member ``name`` starting from ``state``."""
+
+    @abstractmethod
+    def push(self, name: str, state: State, version: int) -> None:
+        """Serve ``state`` as member ``name`` at ``version`` (confirmed by its host)."""
+
+    @abstractmethod
+    def versions(self) -> dict[str, int]:
+        """The version each trained member is served at."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def trained(self, name: str) -> Member:
+        member = self.members[name]
+        if not member.trained:
+            raise ValueError(f"member {name!r} is frozen; only trained members take updates")
+        return member
+
+
+class Bound:
+    """Team members under the keys a caller uses (``coalition.method.discussion.Generators``: the
+    base is ``None`` there); generation only."""
+
+    def __init__(self, team: Team, keys: dict[Any, str]):
+        self.team, self.keys = team, keys
+        self.tokenizer = team.tokenizer_of(next(iter(keys.values())))
+
+    def generate(self, jobs, params):
+        outs = self.team.generate({self.keys[k]: v for k, v in jobs.items()}, params)
+        return {k: outs[self.keys[k]] for k in jobs}
+
+
+class LocalTeam(Team):
+    """Every member on in-process engines; updates run in this process too."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        mode: str,
+        spec: LoraSpec,
+        engine: EngineSpec | None = None,
+    ):
+        self.members = check_members(members)
+        self.mode, self.spec = mode, spec
+        engine = engine or EngineSpec()
+        self.dtype = engine.dtype
+        self._hosts: dict[str, VariantHost] = {}
+        for m in self.members.values():
+            host = host_name(m, mode)
+            if host not in self._hosts:
+                m_mode = mode if m.trained else "lora"
+                self._hosts[host] = VariantHost(
+                    engine.open(m.path, lora=m_mode == "lora"), m_mode, spec
+                )
+        self._expected: dict[str, int] = {}
+
+    def _host(self, name: str) -> VariantHost:
+        return self._hosts[host_name(self.members[name], self.mode)]
+
+    def tokenizer_of(self, name):
+        return self._host(name).tokenizer
+
+    def generate(self, jobs, params):
+        return {
+            name: self._host(name).generate(
+                adapter_of(self.members[name]), prompts, params, self._expected.get(name)
+            )
+            for name, prompts in jobs.items()
+        }
+
+    def evaluate(self, names, task_spec, examples, method, params, chat):
+        return {
+            name: self._host(name).evaluate(
+                adapter_of(self.members[name]),
+                task_spec,
+                examples,
+                method,
+                params,
+                chat,
+                self._expected.get(name),
+            )
+            for name in names
+        }
+
+    def train(self, kind, name, state, rows, s):
+        member = self.trained(name)
+        return training.run_update(
+            kind, member.path, self.mode, self.spec, state, rows, s, self.dtype
+        )
+
+    def push(self, name, state, version):
+        self.trained(name)
+        served = self._host(name).install(name, state, version)
+        if served != version:
+            raise RuntimeError(f"{name}: pushed version {version} but host serves {served}")
+        self._expected[name] = version
+
+    def versions(self):
+        return dict(self._expected)

@@ -1,0 +1,172 @@
+"""What a COALITION run needs from its workers, and the in-process implementation.
+
+The recipe (``coalition/recipes/sro.py``) talks only to :class:`Workers`. Keys name the
+models: ``"v0" … "v{K-1}"`` for the variants, ``"ift"`` for the all-data scorer model, and
+``None`` for the frozen base. Two implementations:
+
+- :class:`LocalWorkers` — everything in this process (tests, the one-process benchmark);
+- ``actors.workers.RayWorkers`` — a GeneratorActor per variant, a ScorerActor, updates as Ray
+  Train jobs, weights pushed through the object store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from coalition.data.records import Example, Prediction
+from coalition.engines import EngineSpec
+from coalition.engines.base import Generation, LoraSpec, SamplingParams
+from coalition.method import training
+from coalition.method.training import State, StepSettings
+from coalition.method.variants import VariantHost
+
+
+def variant_key(k: int) -> str:
+    return f"v{k}"
+
+
+def scorer_keys(kind: str, count: int) -> list[str | None]:
+    """Which models' utilities the scorer averages: the base, every variant, or M_IFT."""
+    if kind == "base":
+        return [None]
+    if kind == "variants_mean":
+        return [variant_key(k) for k in range(count)]
+    if kind == "ift_all":
+        return ["ift"]
+    raise ValueError(f"scorer: {kind!r}; allowed: ift_all, variants_mean, base")
+
+
+class Workers(ABC):
+    """Generation, scoring, evaluation, updates and weight pushes for one run."""
+
+    tokenizer: Any
+    #: whether independent updates may run at once (they run in their own processes)
+    parallel_updates: bool = False
+
+    @abstractmethod
+    def generate(
+        self, jobs: dict[str | None, list[str]], params: SamplingParams
+    ) -> dict[str | None, list[list[Generation]]]:
+        """Generate for several models at once (key → prompts), each with its current version."""
+
+    @abstractmethod
+    def utilities(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """The scorer's U for each (prompt, target)."""
+
+    @abstractmethod
+    def features(self, prompts: list[str]) -> list[list[float]]:
+        """The frozen base model's pooled hidden state of each prompt (controller features)."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        keys: list[str | None],
+        task_spec: dict[str, Any],
+        examples: list[Example],
+        method: str,
+        params: SamplingParams,
+        chat: bool,
+    ) -> dict[str | None, list[Prediction]]:
+        """Held-out predictions for each model in ``keys``."""
+
+    @abstractmethod
+    def train(
+        self,
+        kind: str,
+        key: str,
+        state: State | None,
+        rows: list[dict[str, str]],
+        settings: StepSettings,
+    ) -> tuple[State, dict[str, float]]:
+        """One SFT or DPO update of model ``key`` starting from ``state``."""
+
+    @abstractmethod
+    def push(self, key: str, state: State, version: int) -> None:
+        """Send ``state`` at ``version`` to every host serving ``key``; they confirm the version."""
+
+    @abstractmethod
+    def versions(self) -> dict[str, int]:
+        """The version each model is served at (the lowest, where several hosts serve it)."""
+
+    def actor_versions(self) -> dict[str, dict[str, int]]:
+        """What each serving host itself reports (one host in process)."""
+        return {"local": self.versions()}
+
+    def ready(self) -> None:  # noqa: B027 - optional hook
+        """Wait until everything has started (in-process workers always have)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class LocalWorkers(Workers):
+    """All models on in-process engines; updates run in this process too."""
+
+    def __init__(
+        self,
+        base_path: str,
+        mode: str,
+        spec: LoraSpec,
+        scorer: str,
+        count: int,
+        engine: EngineSpec | None = None,
+    ):
+        self.base_path, self.mode, self.spec = base_path, mode, spec
+        self.engine = engine or EngineSpec()
+        self.dtype = self.engine.dtype
+        self.scorer_keys = scorer_keys(scorer, count)
+        self._hosts: dict[str | None, VariantHost] = {}
+        self._expected: dict[str, int] = {}
+        base = self._new_host()
+        self.tokenizer = base.tokenizer
+        self._hosts[None] = base
+
+    def _new_host(self) -> VariantHost:
+        engine = self.engine.open(self.base_path, lora=self.mode == "lora")
+        return VariantHost(engine, self.mode, self.spec)
+
+    def _host(self, key: str | None) -> VariantHost:
+        # LoRA: every adapter lives on the one base engine; full: one engine per model.
+        if key is None or self.mode == "lora":
+            return self._hosts[None]
+        if key not in self._hosts:
+            self._hosts[key] = self._new_host()
+        return self._hosts[key]
+
+    def generate(self, jobs, params):
+        return {
+            key: self._host(key).generate(
+                key, prompts, params, self._expected.get(key) if key else None
+            )
+            for key, prompts in jobs.items()
+        }
+
+    def utilities(self, prompts, targets):
+        if self.mode == "full":
+            cols = [self._host(k).utilities([k], prompts, targets) for k in self.scorer_keys]
+            return [sum(c) / len(c) for c in zip(*cols, strict=True)]
+        return self._hosts[None].utilities(self.scorer_keys, prompts, targets)
+
+    def features(self, prompts):
+        return self._hosts[None].features(prompts)
+
+    def evaluate(self, keys, task_spec, examples, method, params, chat):
+        return {
+            key: self._host(key).evaluate(key, task_spec, examples, method, params, chat)
+            for key in keys
+        }
+
+    def train(self, kind, key, state, rows, settings):
+        return training.run_update(
+            kind, self.base_path, self.mode, self.spec, state, rows, settings, self.dtype
+        )
+
+    def push(self, key, state, version):
+        served = self._host(key).install(key, state, version)
+        if served != version:
+            raise RuntimeError(f"{key}: pushed version {version} but host serves {served}")
+        self._expected[key] = version
+
+    def versions(self):
+        return dict(self._expected)

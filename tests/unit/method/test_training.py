@@ -1,0 +1,121 @@
+"""SFT and DPO steps (TRL + PEFT) on the tiny model, in process."""
+
+import math
+
+import torch
+
+from coalition.engines.base import LoraSpec
+from coalition.engines.hf import HFEngine
+from coalition.method import training
+
+SPEC = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+SFT_ROWS = [{"prompt": f"Q: {i} plus one? A:", "completion": f" {i + 1}."} for i in range(12)]
+DPO_ROWS = [
+    {"prompt": f"Q: {i} plus one? A:", "chosen": f" {i + 1}.", "rejected": f" {i + 5}."}
+    for i in range(8)
+]
+
+
+def test_sft_learns_the_completions(tiny_path, tmp_path):
+    spec = LoraSpec(
+        r=8,
+        alpha=16,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"),
+    )
+    settings = training.StepSettings(
+        lr=3e-2, epochs=8, batch_size=4, seed=1, log_dir=str(tmp_path / "tb")
+    )
+    state, metrics = training.run_update("sft", tiny_path, "lora", spec, None, SFT_ROWS, settings)
+    assert metrics["loss_last"] < metrics["loss_first"] - 0.5, metrics
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # TensorBoard curves
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())
+
+
+def test_dpo_reference_is_round_start_adapter_and_margin_grows(tiny_path):
+    warm, _ = training.run_update(
+        "sft",
+        tiny_path,
+        "lora",
+        SPEC,
+        None,
+        SFT_ROWS,
+        training.StepSettings(lr=1e-2, epochs=2, batch_size=4),
+    )
+    settings = training.StepSettings(lr=2e-2, epochs=4, batch_size=4, beta=0.1, seed=2)
+    new, metrics = training.run_update("dpo", tiny_path, "lora", SPEC, warm, DPO_ROWS, settings)
+    # the first step's policy equals its reference (the loaded adapter), so the loss is ln 2
+    assert math.isclose(metrics["loss_first"], math.log(2), rel_tol=1e-4)
+    assert metrics["loss_last"] < metrics["loss_first"] and metrics["rewards_margins"] > 0
+
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    engine.set_adapter("before", warm, 1, SPEC)
+    engine.set_adapter("after", new, 2, SPEC)
+    prompts = [r["prompt"] for r in DPO_ROWS]
+
+    def margin(adapter):
+        chosen = engine.score(prompts, [r["chosen"] for r in DPO_ROWS], adapter)
+        rejected = engine.score(prompts, [r["rejected"] for r in DPO_ROWS], adapter)
+        return sum(c.sum - r.sum for c, r in zip(chosen, rejected, strict=True))
+
+    assert margin("after") > margin("before")
+
+
+def test_full_mode_updates_every_weight(tiny_path):
+    settings = training.StepSettings(lr=1e-3, epochs=1, batch_size=4)
+    state, metrics = training.run_update("dpo", tiny_path, "full", SPEC, None, DPO_ROWS, settings)
+    assert math.isclose(metrics["loss_first"], math.log(2), rel_tol=1e-4)
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    engine.set_weights(state, version=3)
+    assert engine.versions() == {"weights": 3}
+    changed = [k for k, v in engine.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > 10
+
+
+def test_dpo_with_nll_term_raises_the_chosen_likelihood(tiny_path):
+    warm, _ = training.run_update(
+        "sft", tiny_path, "lora", SPEC, None, SFT_ROWS, training.StepSettings(lr=1e-2, epochs=2)
+    )
+    engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
+    prompts, chosen = [r["prompt"] for r in DPO_ROWS], [r["chosen"] for r in DPO_ROWS]
+    engine.set_adapter("warm", warm, 1, SPEC)
+    before = sum(s.sum for s in engine.score(prompts, chosen, "warm"))
+    settings = training.StepSettings(lr=2e-2, epochs=4, batch_size=4, seed=2, nll_weight=1.0)
+    new, metrics = training.run_update("dpo", tiny_path, "lora", SPEC, warm, DPO_ROWS, settings)
+    # DPO starts at ln 2; the NLL of the chosen side is added on top
+    assert metrics["loss_first"] > math.log(2) + 0.1
+    engine.set_adapter("rpo", new, 2, SPEC)
+    assert sum(s.sum for s in engine.score(prompts, chosen, "rpo")) > before
+
+
+def test_labels_only_scoring_on_cpu_gives_the_same_log_probs(tiny_path):
+    """TRL's fused LM head scores every position off Triton devices; on a CPU we score only the
+    labelled ones: the same per-token log-probs and loss, and gradients flow."""
+    from trl.trainer import utils
+
+    model, _ = training.load_trainable(tiny_path, "lora", SPEC, None)
+    utils.add_fused_lm_head(model.get_base_model())
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 17))
+    labels = ids.clone()
+    labels[:, :9] = -100
+    labels[2, 12:] = -100
+
+    def run():
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grad = next(p.grad for n, p in model.named_parameters() if "lora_B" in n).clone()
+        model.zero_grad()
+        return out.log_probs.detach(), out.loss.detach(), grad
+
+    original = utils._use_triton
+    try:
+        utils._use_triton = lambda device: False  # TRL's own choice on a CPU
+        every = run()
+        training._score_labels_only_on_cpu()
+        assert utils._use_triton(torch.device("cpu"))
+        labelled = run()
+    finally:
+        utils._use_triton = original
+    for a, b in zip(every, labelled, strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
