@@ -11,9 +11,10 @@ from typing import Any
 import ray
 
 from actors.hosts import GeneratorActor
+from actors.persistent import PersistentTrainer, persistent_trainer
 from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
-from actors.training import PersistentTrainer, persistent_trainer, train_with
+from actors.training import train_with
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.groups.team import Member, Team, adapter_of, check_members, host_name

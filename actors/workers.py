@@ -11,9 +11,10 @@ from typing import Any
 import ray
 
 from actors.hosts import GeneratorActor, ScorerActor
+from actors.persistent import PersistentTrainer, persistent_trainer
 from actors.resilient import Resilient, gather, started
 from actors.session import QUIET
-from actors.training import PersistentTrainer, persistent_trainer, train_with
+from actors.training import train_with
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.engines.weightsync import Channel, fingerprint, host_store

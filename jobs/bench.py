@@ -284,8 +284,8 @@ def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
     per trained token for a LoRA update: forward and the backward to the activations)."""
     from dataclasses import replace as dc_replace
 
+    from actors.persistent import PersistentTrainer
     from actors.session import init_ray
-    from actors.training import PersistentTrainer
     from coalition.method.training import lora_spec, settings_from
 
     init_ray(cfg.model_copy(update={"variants": cfg.variants.model_copy(update={"count": 2})}))

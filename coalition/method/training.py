@@ -1,7 +1,7 @@
 """Training steps: multi-mode SFT (warm-up) and DPO (SRO) with TRL, on LoRA or full weights.
 
 Pure functions over a model and rows of text; Ray Train runs them on its workers
-(``actors/training.py``) and may pass ``prepare`` (Ray's ``prepare_trainer``) to hook the TRL
+(``actors/update.py``, ``actors/persistent.py``) and may pass ``prepare`` (Ray's ``prepare_trainer``) to hook the TRL
 trainer into the worker group. The same functions run in one process for tests and benchmarks.
 
 Variant state crosses process boundaries as a plain ``dict[str, Tensor]``: the LoRA adapter's

@@ -34,7 +34,7 @@ def dpo_rows(n: int) -> list[dict[str, str]]:
 
 @pytest.fixture
 def trainer(ray_session, tiny_path, tmp_path):
-    from actors.training import PersistentTrainer
+    from actors.persistent import PersistentTrainer
 
     t = PersistentTrainer("trainer-v0", tiny_path, "lora", SPEC, tmp_path, max_failures=2)
     yield t
@@ -42,7 +42,7 @@ def trainer(ray_session, tiny_path, tmp_path):
 
 
 def test_updates_in_order_match_a_fresh_trainer_per_update(trainer, tiny_path, tmp_path):
-    from actors.training import train_update
+    from actors.update import train_update
 
     sft = StepSettings(lr=1e-3, epochs=1, batch_size=4, seed=3)
     dpo = StepSettings(lr=1e-3, epochs=1, batch_size=4, seed=4, beta=0.1)
