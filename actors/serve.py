@@ -75,10 +75,12 @@ class VariantModels:
         from coalition.engines.models import resolve
         from coalition.groups.workers import LocalWorkers
         from coalition.method.training import lora_spec, threads_for
-        from coalition.recipes.sro import trained_run
+        from coalition.method.variants import variant_key
         from coalition.run.checkpoints import load_state
+        from coalition.run.rundir import RunDir
 
-        cfg, self.version = trained_run(Path(run_dir))
+        run = RunDir(run_dir)
+        cfg, self.version = run.trained()
         cfg = config_mod.override(cfg, overrides)
         torch.set_num_threads(threads_for(cfg.serve.model_cpus))
         self.workers = LocalWorkers(
@@ -89,11 +91,8 @@ class VariantModels:
             cfg.variants.count,
             EngineSpec.of(cfg),
         )
-        for k in range(cfg.variants.count):
-            key = f"v{k}"
-            state, _, _ = load_state(
-                Path(run_dir) / "states" / f"{key}-v{self.version}.safetensors"
-            )
+        for key in (variant_key(k) for k in range(cfg.variants.count)):
+            state, _, _ = load_state(run.state(key, self.version))
             self.workers.push(key, state, self.version)
 
     def generate(self, jobs: dict[str | None, list[str]], params: SamplingParams) -> Any:
@@ -240,10 +239,12 @@ class Deliberator:
         from coalition.engines.models import resolve
         from coalition.method.controller import Controller, report_dict
         from coalition.method.deliberation import ControllerRouter, Fixed, RandomRouter
-        from coalition.recipes.sro import trained_run
+        from coalition.method.variants import variant_key
         from coalition.run.preflight import PROMPT_OVERHEAD_TOKENS, context_of
+        from coalition.run.rundir import RunDir
 
-        cfg, self.version = trained_run(Path(run_dir))
+        run = RunDir(run_dir)
+        cfg, self.version = run.trained()
         self.cfg = cfg = config_mod.override(cfg, overrides)
         self.run_name = Path(run_dir).name  # not the path: /v1/info is public to token holders
         self.task = from_config(cfg.task)
@@ -252,9 +253,9 @@ class Deliberator:
         room = context_of(path) - 2 * cfg.generation.max_new_tokens - PROMPT_OVERHEAD_TOKENS
         self.max_tokens = max(1, min(cfg.serve.max_question_tokens, room))
         self.models = _HandleModels(models, tok)
-        keys = [f"v{k}" for k in range(cfg.variants.count)]
+        keys = [variant_key(k) for k in range(cfg.variants.count)]
         routing = cfg.deliberation.routing
-        ctrl_dir = Path(run_dir) / "controller"
+        ctrl_dir = run.controller_dir
         self.controller_report: dict[str, Any] | None = None
         if routing == "controller":
             ctrl = Controller.load(ctrl_dir)
@@ -352,10 +353,10 @@ class Deliberator:
 def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
     """The Serve application of a trained run (``serve run`` config files name this)."""
     from actors.session import QUIET
-    from coalition.recipes.sro import trained_run
+    from coalition.run.rundir import RunDir
 
     overrides = dict(overrides or {})
-    cfg, _ = trained_run(Path(run_dir))
+    cfg, _ = RunDir(run_dir).trained()
     cfg = config_mod.override(cfg, overrides)
     models = VariantModels.options(
         num_replicas=cfg.serve.replicas,

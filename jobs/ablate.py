@@ -27,7 +27,7 @@ def prepare_arm(arm_dir: Path, cfg: Config) -> None:
     arm_dir.mkdir(parents=True, exist_ok=True)
     rundir.lock(arm_dir)
     rundir.clean_partial(arm_dir)
-    rundir.atomic_write(arm_dir / "config.yaml", config_mod.dump(cfg))
+    rundir.atomic_write(rundir.RunDir(arm_dir).config_file, config_mod.dump(cfg))
     rundir.mark_owner(arm_dir, "train")
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         workers.close()
     result = report(run_dir, cfg, done)
     rundir.write_json(
-        run_dir / "summary.json",
+        rundir.RunDir(run_dir).summary_file,
         {
             "job": "ablate",
             "arms": list(arms),

@@ -142,7 +142,7 @@ def bench_round(cfg, run_dir: Path) -> dict:
         try:
             run = Run(cfg, workers, folder, log=lambda _: None)
             for k in range(cfg.variants.count):
-                save_state(run.state_path(f"v{k}", 1), states[k], f"v{k}", 1)
+                save_state(run.dir.state(f"v{k}", 1), states[k], f"v{k}", 1)
             run.sync(1)
             workers.ready()  # trainers up, as in any run past its warm-up
             start = time.perf_counter()
@@ -367,12 +367,12 @@ def bench_serve(cfg) -> dict:
 
     from actors.serve import build
     from actors.session import init_ray
-    from coalition.recipes.sro import trained_run
     from coalition.run.config import ConfigError
+    from coalition.run.rundir import RunDir
 
     if not cfg.bench.run:
         raise ConfigError("bench serve needs bench.run=<a jobs/train.py run directory>")
-    run_cfg, version = trained_run(Path(cfg.bench.run))
+    run_cfg, version = RunDir(cfg.bench.run).trained()
     questions = [ex.question for ex in tasks.from_config(run_cfg.task).load("test")]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,10 +29,9 @@ from coalition.data import tasks
 from coalition.engines import build_engine, sampling
 from coalition.method.evaluation import evaluate
 from coalition.run import cli, preflight, rundir, stats
-from coalition.run import config as config_mod
 from coalition.run.config import Config, ConfigError
 from coalition.run.report import print_table
-from coalition.run.rundir import write_json, write_records
+from coalition.run.rundir import RunDir, write_json, write_records
 
 
 def _aliases(argv: list[str] | None) -> list[str]:
@@ -88,7 +87,7 @@ def single(cfg: Config) -> int:
         "tokens": sum(p.tokens for p in preds),
         "seconds": round(elapsed, 2),
     }
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunDir(run_dir).summary_file, summary)
     print_table(
         ["task", "method", "model", "n", "accuracy", "95% CI", "tokens", "seconds"],
         [
@@ -109,14 +108,13 @@ def single(cfg: Config) -> int:
 
 
 def suite(argv: list[str], cfg: Config) -> int:
-    from coalition.recipes.sro import trained_run
-
     if not cfg.run_dir:
         raise ConfigError("method=suite needs run_dir=<a jobs/train.py run directory>")
     run_dir = Path(cfg.run_dir)
-    _, version = trained_run(run_dir)
+    trained = RunDir(run_dir)
+    _, version = trained.trained()
     _, overrides = cli.parse_args(argv, "evaluate")
-    cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+    cfg = trained.config(overrides)  # the run's own, overridden
     preflight.model_paths(cfg, "suite")
     rundir.lock(run_dir)  # it writes evaluation/ (and a controller) beside the run
     from actors.session import init_ray
@@ -137,12 +135,12 @@ def suite(argv: list[str], cfg: Config) -> int:
         run = Run(cfg, workers, run_dir)
         run.sync(version)
         controller = None
-        if cfg.rounds and (run_dir / "round1" / "scored.jsonl").exists():
-            if not (run_dir / "controller" / "controller.json").exists() or not run.manifest.done(
+        if cfg.rounds and trained.round_file(1, "scored.jsonl").exists():
+            if not (trained.controller_dir / "controller.json").exists() or not run.manifest.done(
                 run.controller_stage()
             ):
                 run.stage(run.controller_stage(), run.train_controller)
-            controller = Controller.load(run_dir / "controller")
+            controller = Controller.load(trained.controller_dir)
         params = replace(sampling(cfg.generation, cfg.seed), temperature=0.0, n=1)
         results = run_suite(
             Steps(workers, params),
@@ -156,7 +154,7 @@ def suite(argv: list[str], cfg: Config) -> int:
         )
     finally:
         workers.close()
-    out_dir = run_dir / "evaluation"
+    out_dir = trained.evaluation_dir
     table = [asdict(r) for r in rows(results, cfg.evaluate.bootstrap, cfg.seed)]
     for name, outs in results.items():
         write_records(out_dir / "outcomes" / f"{_slug(name)}.jsonl", outs)
@@ -211,15 +209,14 @@ def discussion(argv: list[str], cfg: Config) -> int:
     from coalition.method.discussion import accuracy_by_round, discuss
 
     run_dir = Path(cfg.run_dir) if cfg.run_dir else None
-    trained = run_dir is not None and rundir.owner(run_dir) in ("train", "saie", "distill")
-    if trained:
+    run = RunDir(run_dir) if run_dir is not None else None
+    trained = run is not None and run.kind() in ("train", "saie", "distill")
+    if run is not None and trained:
         _, overrides = cli.parse_args(argv, "evaluate")
-        cfg = config_mod.load(run_dir / "config.yaml", overrides)  # the run's own, overridden
+        cfg = run.config(overrides)  # the run's own, overridden
         preflight.model_paths(cfg, "discussion")
         rundir.lock(run_dir)  # it writes evaluation/ beside the run
-        out_dir = (
-            run_dir / "evaluation" / f"discussion-{cfg.discussion.agents}x{cfg.discussion.rounds}"
-        )
+        out_dir = run.evaluation_dir / f"discussion-{cfg.discussion.agents}x{cfg.discussion.rounds}"
     else:
         out_dir = cli.start(cfg, "evaluate")
         if out_dir is None:
@@ -301,18 +298,20 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     from actors.team import RayTeam
     from coalition.engines.models import resolve
     from coalition.groups.team import Bound, Member
-    from coalition.recipes.base import latest_version, state_path
+    from coalition.method.variants import variant_key
     from coalition.run.checkpoints import load_state
+    from coalition.run.rundir import RunDir
 
     path = resolve(cfg.model.name_or_path)
-    if run_dir is not None and state_path(run_dir, "v0", 1).exists():
+    run = RunDir(run_dir) if run_dir is not None else None
+    if run is not None and run.state(variant_key(0), 1).exists():
         from actors.workers import RayWorkers
-        from coalition.recipes.sro import Run, trained_run
 
-        _, version = trained_run(run_dir)
+        _, version = run.trained()
         workers = RayWorkers(cfg, path, run_dir / "ray_train", trainers=False)
-        Run(cfg, workers, run_dir).sync(version)
-        keys = [f"v{k}" for k in range(cfg.variants.count)]
+        keys = [variant_key(k) for k in range(cfg.variants.count)]
+        for key in keys:
+            workers.push(key, load_state(run.state(key, version))[0], version)
         return (
             workers,
             [keys[i % len(keys)] for i in range(n)],
@@ -320,12 +319,12 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
             f"COALITION variants v{version}",
         )
     for name in ("learner", "student"):
-        if run_dir is not None and state_path(run_dir, name, 1).exists():
-            version = latest_version(run_dir, [name])
+        if run is not None and run.state(name, 1).exists():
+            version = run.latest_version([name])
             team = RayTeam(
                 cfg, [Member(name, path, trained=True)], run_dir / "ray_train", trainers=False
             )
-            state, _, _ = load_state(state_path(run_dir, name, version))
+            state, _, _ = load_state(run.state(name, version))
             team.push(name, state, version)
             return Bound(team, {name: name}), [name] * n, team.close, f"{name} v{version}"
     if run_dir is not None:

@@ -58,18 +58,19 @@ def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
     (or a loud word that there is none, on loopback only), and a free port. The token, when it
     comes from the environment, is put in ``flat`` for the replicas."""
     from coalition.method.controller import Controller
-    from coalition.recipes.base import state_path
-    from coalition.recipes.sro import trained_run
+    from coalition.method.variants import variant_key
     from coalition.run.checkpoints import check_state
     from coalition.run.config import SERVE_TOKEN_ENV, override
+    from coalition.run.rundir import RunDir
 
-    cfg, version = trained_run(run_dir)
+    run = RunDir(run_dir)
+    cfg, version = run.trained()
     cfg = override(cfg, flat)
     preflight.model_paths(cfg, "serve")
     for k in range(cfg.variants.count):
-        check_state(state_path(run_dir, f"v{k}", version))
+        check_state(run.state(variant_key(k), version))
     if cfg.deliberation.routing == "controller":
-        Controller.check(run_dir / "controller")
+        Controller.check(run.controller_dir)
     token = cfg.serve.token()
     host = cfg.serve.host
     if token is None:

@@ -19,11 +19,7 @@ from coalition.engines import EngineSpec
 from coalition.engines.base import Generation, LoraSpec, SamplingParams
 from coalition.method import training
 from coalition.method.training import State, StepSettings
-from coalition.method.variants import VariantHost
-
-
-def variant_key(k: int) -> str:
-    return f"v{k}"
+from coalition.method.variants import VariantHost, variant_key
 
 
 def scorer_keys(kind: str, count: int) -> list[str | None]:

@@ -17,6 +17,11 @@ from coalition.method.evaluation import evaluate
 from coalition.method.scoring import mean_utility
 
 
+def variant_key(k: int) -> str:
+    """Variant ``k``'s name: its states, adapter and actor are called ``v{k}``."""
+    return f"v{k}"
+
+
 class VersionMismatch(RuntimeError):
     """A variant answered with another version than the caller expected."""
 

@@ -23,7 +23,7 @@ from coalition.data.tasks.base import Task
 from coalition.engines.base import Generation, SamplingParams
 from coalition.method.teachers import TeacherSample
 from coalition.run.config import ConfigError, WarmupConfig
-from coalition.run.rundir import read_records
+from coalition.run.rundir import RunDir, read_records
 
 _NUM = re.compile(r"-?\d+")
 _RESULT = re.compile(r"= (-?\d+)")  # a step's result
@@ -140,7 +140,7 @@ def source(
 
 def distilled(run_dir: Path, task: Task) -> dict[str, str | None]:
     """A jobs/distill.py run's kept teacher rationales, by question text (first kept sample)."""
-    path = run_dir / "teacher" / "samples.jsonl"
+    path = RunDir(run_dir).teacher_samples
     if not path.exists():
         raise ConfigError(
             f"warmup.rationales_from: {run_dir} holds no finished jobs/distill.py teacher stage "

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coalition.recipes.base import predictions_of
 from coalition.run import config as config_mod
 from coalition.run import stats
 from coalition.run.config import Config, ConfigError
-from coalition.run.rundir import Manifest
+from coalition.run.rundir import Manifest, RunDir
 
 # what an arm may change: everything after the warm-up
 ROUND_KEYS = (
@@ -129,13 +128,13 @@ class ArmResult:
 
 def _correct(run_dir: Path, tag: str, key: str) -> dict[str, float] | None:
     try:
-        return {p.id: float(p.correct) for p in predictions_of(run_dir, tag, key)}
+        return {p.id: float(p.correct) for p in RunDir(run_dir).predictions(tag, key)}
     except FileNotFoundError:
         return None
 
 
 def _answers(run_dir: Path, tag: str, key: str) -> dict[str, str | None]:
-    return {p.id: p.extracted for p in predictions_of(run_dir, tag, key)}
+    return {p.id: p.extracted for p in RunDir(run_dir).predictions(tag, key)}
 
 
 def table(arms: list[ArmResult], n_boot: int, seed: int) -> dict[str, Any]:

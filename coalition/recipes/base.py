@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coalition.data.records import Prediction
 from coalition.data.tasks import from_config
 from coalition.data.tasks.base import Task
 from coalition.engines import sampling
@@ -25,7 +24,7 @@ from coalition.method.training import State
 from coalition.run import progress, stats
 from coalition.run.checkpoints import save_state
 from coalition.run.config import Config
-from coalition.run.rundir import Manifest, read_records, recording, write_jsonl, write_records
+from coalition.run.rundir import Manifest, RunDir, recording, write_jsonl, write_records
 
 Log = Callable[[str], None]
 
@@ -35,8 +34,9 @@ class Recipe:
     (anything with ``evaluate`` and ``parallel_updates``)."""
 
     def __init__(self, cfg: Config, models: Any, run_dir: Path, log: Log = progress.echo):
-        self.cfg, self.workers, self.dir, self.log = cfg, models, Path(run_dir), log
-        self.manifest = Manifest(self.dir)
+        self.cfg, self.workers, self.log = cfg, models, log
+        self.dir = RunDir(run_dir)  # every path the recipe writes or reads
+        self.manifest = Manifest(self.dir.path)
         self.task: Task = from_config(cfg.task)
         self.task_spec = {
             "name": cfg.task.name,
@@ -48,7 +48,7 @@ class Recipe:
         self.chat = cfg.model.chat_template
         self.test = self.task.load("test")
         self._lock = threading.Lock()
-        self.metrics_path = self.dir / "metrics.jsonl"
+        self.metrics_path = self.dir.metrics_file
         self.metrics: list[dict[str, Any]] = []
         if self.metrics_path.exists():
             self.metrics = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x]
@@ -85,15 +85,8 @@ class Recipe:
             for fut in [pool.submit(self.stage, name, fn) for name, fn in named]:
                 fut.result()
 
-    def state_path(self, key: str, version: int) -> Path:
-        return state_path(self.dir, key, version)
-
-    def tb_dir(self, name: str) -> Path:
-        """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
-        return (self.dir / "tensorboard" / name).resolve()
-
     def save(self, key: str, state: State, version: int) -> None:
-        save_state(self.state_path(key, version), state, key, version)
+        save_state(self.dir.state(key, version), state, key, version)
 
     def evaluate(self, tag: str, keys: list[Any]) -> dict[str, Any]:
         """Greedy held-out predictions of each model in ``keys`` (``evaluate.method``), written
@@ -105,7 +98,7 @@ class Recipe:
         out = {}
         for key, rows in preds.items():
             name = key or "base"
-            write_records(self.dir / "eval" / f"{tag}-{name}.jsonl", rows)
+            write_records(self.dir.eval_file(tag, name), rows)
             acc = stats.accuracy(
                 [p.correct for p in rows], self.cfg.evaluate.bootstrap, self.cfg.seed
             )
@@ -116,8 +109,8 @@ class Recipe:
     def gain(self, before: tuple[str, str], after: tuple[str, str]) -> dict[str, Any]:
         """Accuracy change from ``(tag, name)`` to ``(tag, name)`` on the same held-out
         questions, with a paired-bootstrap 95% interval."""
-        b = {p.id: float(p.correct) for p in predictions_of(self.dir, *before)}
-        a = {p.id: float(p.correct) for p in predictions_of(self.dir, *after)}
+        b = {p.id: float(p.correct) for p in self.dir.predictions(*before)}
+        a = {p.id: float(p.correct) for p in self.dir.predictions(*after)}
         ids = sorted(b)
         d = stats.paired_difference(
             [b[i] for i in ids], [a[i] for i in ids], self.cfg.evaluate.bootstrap, self.cfg.seed
@@ -128,19 +121,3 @@ class Recipe:
 def _flat(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, int | float | str | bool)}
 
-
-def state_path(run_dir: Path, key: str, version: int) -> Path:
-    """Where a run keeps model ``key``'s weights at ``version``."""
-    return Path(run_dir) / "states" / f"{key}-v{version}.safetensors"
-
-
-def predictions_of(run_dir: Path, tag: str, key: str) -> list[Prediction]:
-    return read_records(Path(run_dir) / "eval" / f"{tag}-{key}.jsonl", Prediction)
-
-
-def latest_version(run_dir: Path, keys: list[str]) -> int:
-    """The newest version every model in ``keys`` has a saved state of (0: none yet)."""
-    version = 0
-    while all(state_path(run_dir, key, version + 1).exists() for key in keys):
-        version += 1
-    return version

@@ -121,7 +121,7 @@ class Distill(Recipe):
         return [self.questions[i : i + n] for i in range(0, len(self.questions), n)]
 
     def chunk_path(self, i: int) -> Path:
-        return self.dir / "teacher" / "chunks" / f"{i:04d}.jsonl"
+        return self.dir.teacher_chunk(i)
 
     def write_chunk(self, i: int, examples: list[Example]) -> dict[str, Any]:
         t = self.cfg.teacher
@@ -142,7 +142,7 @@ class Distill(Recipe):
             for i in range(len(self.chunks()))
             for r in read_records(self.chunk_path(i), TeacherSample)
         ]
-        write_records(self.dir / "teacher" / "samples.jsonl", records)
+        write_records(self.dir.teacher_samples, records)
         questions = {r.qid for r in records if r.kept}
         return {
             "samples": len(records),
@@ -170,7 +170,7 @@ class Distill(Recipe):
                     r.tokens,
                 )
             )
-        write_records(self.dir / "eval" / "teacher-teacher.jsonl", preds)
+        write_records(self.dir.eval_file("teacher", "teacher"), preds)
         acc = stats.accuracy([p.correct for p in preds], self.cfg.evaluate.bootstrap, self.cfg.seed)
         self.log(f"[eval] teacher: {acc}")
         return {
@@ -184,7 +184,7 @@ class Distill(Recipe):
     def student_rows(self) -> dict[str, Any]:
         """SFT rows from the kept samples (each distinct rationale once per question)."""
         kept = [
-            r for r in read_records(self.dir / "teacher" / "samples.jsonl", TeacherSample) if r.kept
+            r for r in read_records(self.dir.teacher_samples, TeacherSample) if r.kept
         ]
         seen: set[tuple[str, str]] = set()
         rows = []
@@ -206,19 +206,19 @@ class Distill(Recipe):
                 f"distill: the teacher kept no rationale for any of {len(self.questions)} "
                 "questions; raise teacher.samples or distill.n, or use a stronger teacher"
             )
-        write_json(self.dir / "student" / "rows.json", rows)
+        write_json(self.dir.student_file("rows.json"), rows)
         return {"rows": len(rows), "rationales": len(seen)}
 
     def train_student(self) -> dict[str, Any]:
-        rows = json.loads((self.dir / "student" / "rows.json").read_text())
-        settings = settings_from(self.cfg.distill, self.cfg.seed, self.tb_dir("student"))
+        rows = json.loads((self.dir.student_file("rows.json")).read_text())
+        settings = settings_from(self.cfg.distill, self.cfg.seed, self.dir.tensorboard("student"))
         state, metrics = self.team.train("sft", "student", None, rows, settings)
         self.save("student", state, 1)
         return {"rows": len(rows), **metrics}
 
     def push_student(self) -> None:
         if self.team.versions().get("student") != 1:
-            state, key, version = load_state(self.state_path("student", 1))
+            state, key, version = load_state(self.dir.state("student", 1))
             self.team.push("student", state, version)
             self.log(f"[push] {key} -> version {version}")
 
@@ -266,10 +266,10 @@ class Distill(Recipe):
         }
         if "base" in acc:
             summary["gain_over_base"] = self.gain(("base", "base"), ("student", "student"))
-        write_json(self.dir / "summary.json", summary)
+        write_json(self.dir.summary_file, summary)
         accuracy_per_round(
             {k: {k: v[k]} for k, v in acc.items()},
-            self.dir / "accuracy.png",
+            self.dir.accuracy_plot,
             title=f"Fine-tune-CoT on {self.cfg.task.name}",
         )
         return summary

@@ -115,7 +115,7 @@ class SAIE(Recipe):
 
     def sync(self, version: int) -> None:
         if self.team.versions().get(LEARNER) != version:
-            state, key, ver = load_state(self.state_path(LEARNER, version))
+            state, key, ver = load_state(self.dir.state(LEARNER, version))
             assert (key, ver) == (LEARNER, version), (key, ver)
             self.team.push(LEARNER, state, version)
             self.log(f"[push] {LEARNER} -> version {version}")
@@ -134,12 +134,12 @@ class SAIE(Recipe):
             cfg, self.task, self.warm_qs, sample_base, params, self.cfg.seed
         )
         rows = warmup.rows(items, self.task, cfg.modes, self.tok, self.chat)
-        write_json(self.dir / "warmup" / "rows.json", rows)
+        write_json(self.dir.warmup_file("rows.json"), rows)
         return {"source": source, "questions": len(items), "without_rationale": missing}
 
     def warmup_train(self) -> dict[str, Any]:
-        rows = json.loads((self.dir / "warmup" / "rows.json").read_text())
-        settings = settings_from(self.cfg.warmup, self.cfg.seed, self.tb_dir("warmup"))
+        rows = json.loads((self.dir.warmup_file("rows.json")).read_text())
+        settings = settings_from(self.cfg.warmup, self.cfg.seed, self.dir.tensorboard("warmup"))
         state, metrics = self.team.train("sft", LEARNER, None, rows, settings)
         self.save(LEARNER, state, 1)
         return {"rows": len(rows), **metrics}
@@ -186,7 +186,7 @@ class SAIE(Recipe):
             )
             target = prompts.target("rationale", ex.answer, reasoning) if reasoning else None
             records.append(Exchange(ex.id, texts, right, stance[ex.id], claim, rem[0].text, target))
-        write_records(self.dir / f"round{r}" / "exchanges.jsonl", records)
+        write_records(self.dir.round_file(r, "exchanges.jsonl"), records)
         used = [x for x in records if x.target]
         return {
             "questions": len(records),
@@ -212,15 +212,15 @@ class SAIE(Recipe):
 
         rows = [
             {"prompt": prompt(x), "completion": x.target}
-            for x in read_records(self.dir / f"round{r}" / "exchanges.jsonl", Exchange)
+            for x in read_records(self.dir.round_file(r, "exchanges.jsonl"), Exchange)
             if x.target
         ]
-        state, _, _ = load_state(self.state_path(LEARNER, r))
+        state, _, _ = load_state(self.dir.state(LEARNER, r))
         saved_as = BASELINE if baseline else LEARNER
         if not rows:
             self.save(saved_as, state, r + 1)
             return {"rows": 0, "skipped": True}
-        tb = self.tb_dir(f"round{r}" + ("-baseline" if baseline else ""))
+        tb = self.dir.tensorboard(f"round{r}" + ("-baseline" if baseline else ""))
         settings = settings_from(self.cfg.saie, self.cfg.seed + r, tb)
         new_state, metrics = self.team.train("sft", LEARNER, state, rows, settings)
         self.save(saved_as, new_state, r + 1)
@@ -229,7 +229,7 @@ class SAIE(Recipe):
     def evaluate_baseline(self, r: int) -> dict[str, Any]:
         """The baseline's held-out accuracy after round ``r``: served on the learner's adapter
         under a version of its own, then the learner's state goes back."""
-        state, _, _ = load_state(self.state_path(BASELINE, r + 1))
+        state, _, _ = load_state(self.dir.state(BASELINE, r + 1))
         self.team.push(LEARNER, state, BASELINE_VERSION + r)
         try:
             return self.evaluate(f"round{r}-baseline", [LEARNER])
@@ -291,8 +291,8 @@ class SAIE(Recipe):
             "stage_seconds": {name: s.get("seconds") for name, s in info.items()},
             "versions": self.team.versions(),
         }
-        write_json(self.dir / "summary.json", summary)
-        accuracy_per_round(acc, self.dir / "accuracy.png", title=f"SAIE on {self.cfg.task.name}")
+        write_json(self.dir.summary_file, summary)
+        accuracy_per_round(acc, self.dir.accuracy_plot, title=f"SAIE on {self.cfg.task.name}")
         return summary
 
 

@@ -27,10 +27,10 @@ from coalition.method import controller as C
 from coalition.method import pairs as P
 from coalition.method import scoring, warmup
 from coalition.method.training import settings_from
-from coalition.recipes.base import Log, Recipe, latest_version, predictions_of
+from coalition.recipes.base import Log, Recipe
 from coalition.run import progress, stats
 from coalition.run.checkpoints import load_state
-from coalition.run.config import Config, ConfigError
+from coalition.run.config import Config
 from coalition.run.preflight import check_train_size
 from coalition.run.rundir import read_records, write_json, write_records
 
@@ -69,7 +69,7 @@ class Run(Recipe):
             wanted["ift"] = 1
         for key, ver in wanted.items():
             if served.get(key) != ver:
-                state, saved_key, saved_ver = load_state(self.state_path(key, ver))
+                state, saved_key, saved_ver = load_state(self.dir.state(key, ver))
                 assert (saved_key, saved_ver) == (key, ver), (saved_key, saved_ver)
                 self.workers.push(key, state, ver)
                 self.log(f"[push] {key} -> version {ver}")
@@ -95,17 +95,17 @@ class Run(Recipe):
         by_id = {it.example.id: it for it in items}
         for k, ids in enumerate(parts):
             rows = warmup.rows([by_id[i] for i in ids], self.task, cfg.modes, self.tok, self.chat)
-            write_json(self.dir / "warmup" / f"rows-{self.keys[k]}.json", rows)
+            write_json(self.dir.warmup_file(f"rows-{self.keys[k]}.json"), rows)
         if self.cfg.scorer == "ift_all":
             rows = warmup.rows(items, self.task, cfg.modes, self.tok, self.chat)
-            write_json(self.dir / "warmup" / "rows-ift.json", rows)
+            write_json(self.dir.warmup_file("rows-ift.json"), rows)
         return {"source": source, "questions": len(items), "without_rationale": missing}
 
     def warmup_train(self, key: str) -> dict[str, Any]:
-        rows = json.loads((self.dir / "warmup" / f"rows-{key}.json").read_text())
+        rows = json.loads((self.dir.warmup_file(f"rows-{key}.json")).read_text())
         salt = self.keys.index(key) if key in self.keys else self.K
         settings = settings_from(
-            self.cfg.warmup, self.cfg.seed + salt, self.tb_dir(f"warmup-{key}")
+            self.cfg.warmup, self.cfg.seed + salt, self.dir.tensorboard(f"warmup-{key}")
         )
         state, metrics = self.workers.train("sft", key, None, rows, settings)
         self.save(key, state, 1)
@@ -145,12 +145,12 @@ class Run(Recipe):
             for i, ex in enumerate(pool)
             for j, g in enumerate(outs[key][i])
         ]
-        write_records(self.dir / f"round{r}" / "drafts.jsonl", cands)
+        write_records(self.dir.round_file(r, "drafts.jsonl"), cands)
         return {"candidates": len(cands), "versions": self.workers.versions()}
 
     def refine(self, r: int) -> dict[str, Any]:
         if self.cfg.refine == "none":
-            write_records(self.dir / f"round{r}" / "refinements.jsonl", [])
+            write_records(self.dir.round_file(r, "refinements.jsonl"), [])
             return {"candidates": 0}
         pool = {ex.id: ex for ex in self.pool(r)}
         drafts = {(c.qid, c.variant): c for c in self._read(r, "drafts") if c.sample == 0}
@@ -172,7 +172,7 @@ class Run(Recipe):
             for key, gens in outs.items()
             for (qid, guide), g in zip(meta[key], gens, strict=True)
         ]
-        write_records(self.dir / f"round{r}" / "refinements.jsonl", cands)
+        write_records(self.dir.round_file(r, "refinements.jsonl"), cands)
         return {"candidates": len(cands)}
 
     def score(self, r: int) -> dict[str, Any]:
@@ -189,14 +189,14 @@ class Run(Recipe):
         utils = self.workers.utilities([p for p, _ in reqs], [t for _, t in reqs])
         scored = [replace(c, utility=u) for c, u in zip(cands, utils, strict=False)]
         u0 = dict(zip(pool, utils[len(cands) :], strict=True))
-        write_records(self.dir / f"round{r}" / "scored.jsonl", scored)
-        write_json(self.dir / f"round{r}" / "u0.json", u0)
+        write_records(self.dir.round_file(r, "scored.jsonl"), scored)
+        write_json(self.dir.round_file(r, "u0.json"), u0)
         return {"scored": len(scored), "mean_u": sum(utils[: len(cands)]) / max(1, len(cands))}
 
     def select(self, r: int) -> dict[str, Any]:
         pool = {ex.id: ex for ex in self.pool(r)}
-        scored = read_records(self.dir / f"round{r}" / "scored.jsonl", P.Candidate)
-        u0 = json.loads((self.dir / f"round{r}" / "u0.json").read_text())
+        scored = read_records(self.dir.round_file(r, "scored.jsonl"), P.Candidate)
+        u0 = json.loads((self.dir.round_file(r, "u0.json")).read_text())
         _, gen_owner, ref_owner = self.layout(r)
         by_qid: dict[str, list[P.Candidate]] = {}
         refs: dict[str, list[P.Candidate]] = {}
@@ -224,7 +224,7 @@ class Run(Recipe):
                     kept.append(
                         self._pair(k, "refine", self.render("refine", pool[qid], draft.text), d)
                     )
-        write_records(self.dir / f"round{r}" / "pairs.jsonl", kept)
+        write_records(self.dir.round_file(r, "pairs.jsonl"), kept)
         counts = {
             key: {"kept": sum(p.variant == k for p in kept), **dict(sorted(reasons[key].items()))}
             for k, key in enumerate(self.keys)
@@ -249,15 +249,15 @@ class Run(Recipe):
         key = self.keys[k]
         rows = [
             {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-            for p in read_records(self.dir / f"round{r}" / "pairs.jsonl", P.Pair)
+            for p in read_records(self.dir.round_file(r, "pairs.jsonl"), P.Pair)
             if p.variant == k
         ]
-        state, _, _ = load_state(self.state_path(key, r))  # the variant at round start
+        state, _, _ = load_state(self.dir.state(key, r))  # the variant at round start
         if not rows:
             self.save(key, state, r + 1)  # nothing to learn: same weights, next version
             return {"pairs": 0, "skipped": True}
         settings = settings_from(
-            self.cfg.sro, self.cfg.seed + 1000 * r + k, self.tb_dir(f"round{r}-{key}")
+            self.cfg.sro, self.cfg.seed + 1000 * r + k, self.dir.tensorboard(f"round{r}-{key}")
         )
         if self.cfg.update == "rft":  # the same chosen rationales as SFT targets, no rejected side
             rows = [{"prompt": x["prompt"], "completion": x["chosen"]} for x in rows]
@@ -272,7 +272,7 @@ class Run(Recipe):
         """Every finished round's routing decisions (who should write, who should refine)."""
         out: list[C.RoutingExample] = []
         for r in range(1, self.cfg.rounds + 1):
-            path = self.dir / f"round{r}" / "scored.jsonl"
+            path = self.dir.round_file(r, "scored.jsonl")
             if not path.exists():
                 continue
             pool = {ex.id: ex for ex in self.pool(r)}
@@ -294,8 +294,8 @@ class Run(Recipe):
         ctrl = C.fit(
             examples, feats, self.K, c.holdout, c.weight_decay, c.steps, c.lr, self.cfg.seed
         )
-        ctrl.save(self.dir / "controller")
-        write_records(self.dir / "controller" / "examples.jsonl", examples)
+        ctrl.save(self.dir.controller_dir)
+        write_records(self.dir.controller_dir / "examples.jsonl", examples)
         report = C.report_dict(ctrl)
         for decision, rep in report.items():
             self.log(f"[controller] {decision}: {_routing_line(rep)}")
@@ -306,7 +306,7 @@ class Run(Recipe):
         return f"controller/rounds{self.cfg.rounds}"
 
     def _read(self, r: int, name: str) -> list[P.Candidate]:
-        return read_records(self.dir / f"round{r}" / f"{name}.jsonl", P.Candidate)
+        return read_records(self.dir.round_file(r, f"{name}.jsonl"), P.Candidate)
 
     # ------------------------------------------------------------------ the run
 
@@ -354,7 +354,7 @@ class Run(Recipe):
         and the variants' mean, with paired-bootstrap 95% intervals (the learning signal)."""
 
         def correct(tag: str, key: str) -> dict[str, float]:
-            return {p.id: float(p.correct) for p in predictions_of(self.dir, tag, key)}
+            return {p.id: float(p.correct) for p in self.dir.predictions(tag, key)}
 
         warm = {key: correct("warmup", key) for key in self.keys}
         ids = sorted(warm[self.keys[0]])
@@ -403,9 +403,9 @@ class Run(Recipe):
             "versions": self.workers.versions(),
             "actor_versions": self.workers.actor_versions(),
         }
-        write_json(self.dir / "summary.json", summary)
+        write_json(self.dir.summary_file, summary)
         accuracy_per_round(
-            acc, self.dir / "accuracy.png", title=f"COALITION on {self.cfg.task.name}"
+            acc, self.dir.accuracy_plot, title=f"COALITION on {self.cfg.task.name}"
         )
         return summary
 
@@ -423,26 +423,3 @@ def _routing_line(rep: dict[str, Any]) -> str:
         f"chance {rep['chance']:.2f}; n={rep['n_holdout']}, train {rep['n_train']}){fallback}"
     )
 
-
-def trained_run(run_dir: Path) -> tuple[Config, int]:
-    """A finished (or interrupted) run's config and the newest version every variant has a
-    saved state of (1: after the warm-up) — what evaluation and serving load."""
-    from coalition.run import config as config_mod
-    from coalition.run import rundir
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run_dir {run_dir} does not exist or is not a directory")
-    kind = rundir.owner(run_dir)
-    if kind not in ("train", "unknown") or not (run_dir / "config.yaml").exists():
-        what = f"a jobs/{kind}.py run" if kind in ("distill", "saie", "evaluate") else "no run"
-        raise ConfigError(
-            f"run_dir {run_dir} holds {what} ({rundir.describe(run_dir)}); this needs a "
-            "jobs/train.py run directory"
-        )
-    cfg = config_mod.load(run_dir / "config.yaml")
-    keys = [variant_key(k) for k in range(cfg.variants.count)]
-    version = latest_version(run_dir, keys)
-    if version == 0:
-        raise ConfigError(f"run_dir {run_dir}: no trained variants yet (warm-up not finished)")
-    return cfg, version

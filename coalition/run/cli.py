@@ -18,7 +18,7 @@ from coalition.data.tasks.base import TaskError
 from coalition.run import config as config_mod
 from coalition.run import preflight, rundir
 from coalition.run.config import Config, ConfigError
-from coalition.run.rundir import atomic_write
+from coalition.run.rundir import RunDir, atomic_write
 
 USAGE_ERRORS = (ConfigError, TaskError)
 
@@ -92,14 +92,14 @@ def prepare_run_dir(cfg: Config, job: str) -> tuple[Path, bool]:
     finished = False
     if kind == job:
         check_resume(cfg, path)
-        finished = (path / "summary.json").exists() and not _changes(cfg, path, FREE_CHANGES)
+        finished = RunDir(path).summary_file.exists() and not _changes(cfg, path, FREE_CHANGES)
     path.mkdir(parents=True, exist_ok=True)
     rundir.lock(path)
     if finished:
         return path, True
     if removed := rundir.clean_partial(path):
         print(f"run_dir {path}: removed {removed} half-written file(s) a killed run left")
-    atomic_write(path / "config.yaml", config_mod.dump(cfg))
+    atomic_write(RunDir(path).config_file, config_mod.dump(cfg))
     rundir.mark_owner(path, job)
     return path, False
 
@@ -142,7 +142,7 @@ def check_resume(cfg: Config, run_dir: Path) -> None:
 
 def _changes(cfg: Config, run_dir: Path, allowed: set[str]) -> list[str]:
     """Keys whose value differs from the run's saved config, beyond the ``allowed`` ones."""
-    old_path = run_dir / "config.yaml"
+    old_path = RunDir(run_dir).config_file
     if not old_path.exists():
         return []
     try:

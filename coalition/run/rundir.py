@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from coalition.data.records import from_row, to_row
-from coalition.run.config import ConfigError
+from coalition.data.records import Prediction, from_row, to_row
+from coalition.method.variants import variant_key
+from coalition.run import config as config_mod
+from coalition.run.config import Config, ConfigError
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
@@ -319,3 +321,116 @@ def clean_partial(path: Path) -> int:
             tmp.unlink(missing_ok=True)
             gone += 1
     return gone
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+class RunDir:
+    """One run directory: every path in it and its readers, the one owner of its layout.
+    Recipes write through it; evaluation, discussion, Serve and the benchmarks read a finished
+    run through it without building a recipe."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # whole-run files
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        return self.path / "accuracy.png"
+
+    @property
+    def controller_dir(self) -> Path:
+        return self.path / "controller"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        """What ``jobs/evaluate.py`` writes beside a run (suite, discussion)."""
+        return self.path / "evaluation"
+
+    def tensorboard(self, name: str) -> Path:
+        """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
+        return (self.path / "tensorboard" / name).resolve()
+
+    # per model, stage and round
+    def state(self, key: str, version: int) -> Path:
+        """Model ``key``'s weights at ``version`` (1: after the warm-up, r + 1: after round r)."""
+        return self.path / "states" / f"{key}-v{version}.safetensors"
+
+    def latest_version(self, keys: Iterable[str]) -> int:
+        """The newest version every model in ``keys`` has a saved state of (0: none yet)."""
+        keys = list(keys)
+        version = 0
+        while all(self.state(key, version + 1).exists() for key in keys):
+            version += 1
+        return version
+
+    def eval_file(self, tag: str, name: str) -> Path:
+        """Held-out predictions of model ``name`` at ``tag`` (warmup, round1, …)."""
+        return self.path / "eval" / f"{tag}-{name}.jsonl"
+
+    def predictions(self, tag: str, name: str) -> list[Prediction]:
+        return read_records(self.eval_file(tag, name), Prediction)
+
+    def warmup_file(self, name: str) -> Path:
+        return self.path / "warmup" / name
+
+    def round_file(self, r: int, name: str) -> Path:
+        """A round's artifact: ``drafts.jsonl``, ``refinements.jsonl``, ``scored.jsonl``,
+        ``u0.json``, ``pairs.jsonl`` (COALITION), ``exchanges.jsonl`` (SAIE)."""
+        return self.path / f"round{r}" / name
+
+    @property
+    def teacher_samples(self) -> Path:
+        """A Fine-tune-CoT run's teacher rationales, each judged (what warm-ups can reuse)."""
+        return self.path / "teacher" / "samples.jsonl"
+
+    def teacher_chunk(self, i: int) -> Path:
+        return self.path / "teacher" / "chunks" / f"{i:04d}.jsonl"
+
+    def student_file(self, name: str) -> Path:
+        return self.path / "student" / name
+
+    # what run it is
+    def kind(self) -> str | None:
+        """The job that owns the directory (:func:`owner`)."""
+        return owner(self.path)
+
+    def config(self, overrides: list[str] | None = None) -> Config:
+        """The config the run was trained with, with ``overrides`` laid over it."""
+        return config_mod.load(self.config_file, overrides)
+
+    def trained(self) -> tuple[Config, int]:
+        """A finished (or interrupted) ``jobs/train.py`` run's config and the newest version
+        every variant has a saved state of (1: after the warm-up): what evaluation and serving
+        load. A missing directory, another job's run or one without trained variants is a
+        :class:`ConfigError` that says so."""
+        if not self.path.is_dir():
+            raise ConfigError(f"run_dir {self.path} does not exist or is not a directory")
+        kind = self.kind()
+        if kind not in ("train", "unknown") or not self.config_file.exists():
+            what = f"a jobs/{kind}.py run" if kind in ("distill", "saie", "evaluate") else "no run"
+            raise ConfigError(
+                f"run_dir {self.path} holds {what} ({describe(self.path)}); this needs a "
+                "jobs/train.py run directory"
+            )
+        cfg = self.config()
+        version = self.latest_version(variant_key(k) for k in range(cfg.variants.count))
+        if version == 0:
+            raise ConfigError(f"run_dir {self.path}: no trained variants yet (warm-up not finished)")
+        return cfg, version

@@ -124,3 +124,35 @@ def test_run_directory_owners(tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     assert owner(other) == "foreign"
+
+
+def test_run_dir_owns_the_layout_and_reads_a_trained_run(tmp_path):
+    from coalition.run.checkpoints import save_state
+    from coalition.run.config import ConfigError, dump, load
+    from coalition.run.rundir import RunDir, mark_owner
+    from tests.conftest import SMOKE
+
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(ConfigError, match="does not exist"):
+        run.trained()
+    run.path.mkdir()
+    atomic_write(run.config_file, dump(load(SMOKE)))
+    mark_owner(run.path, "train")
+    Manifest(run.path).mark("warmup/data")
+    with pytest.raises(ConfigError, match="no trained variants yet"):
+        run.trained()
+    state = {"w": torch.zeros(2)}
+    for version in (1, 2):
+        for key in ("v0", "v1"):
+            save_state(run.state(key, version), state, key, version)
+    save_state(run.state("v0", 3), state, "v0", 3)  # v1 has no version 3: not served
+    cfg, version = run.trained()
+    assert version == 2 and cfg.variants.count == 2
+    assert run.state("v1", 2) == run.path / "states" / "v1-v2.safetensors"
+    assert run.round_file(1, "pairs.jsonl") == run.path / "round1" / "pairs.jsonl"
+    rows = [Prediction("q1", "1+1", "2", "2", "2", True)]
+    write_records(run.eval_file("round1", "v0"), rows)
+    assert run.predictions("round1", "v0") == rows
+    mark_owner(run.path, "saie")
+    with pytest.raises(ConfigError, match="holds a jobs/saie.py run"):
+        run.trained()
