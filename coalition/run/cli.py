@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from coalition.data.tasks.base import TaskError
+from coalition.engines import choose_engine
 from coalition.run import config as config_mod
 from coalition.run import preflight, rundir
 from coalition.run.config import Config, ConfigError
@@ -50,6 +51,9 @@ def start(cfg: Config, job: str) -> Path | None:
     config in it. None: that run already finished with this config; there is nothing to do."""
     check_combination(cfg, job)
     preflight.check(cfg, job)
+    if cfg.engine == "auto":
+        kind, why = choose_engine(cfg)
+        print(f"engine: auto -> {kind}: {why}")
     path, finished = prepare_run_dir(cfg, job)
     if finished:
         more = ", or raise rounds to continue it" if job in ("train", "saie") else ""

@@ -388,7 +388,9 @@ class Config(_Strict):
 
     seed: Seed = 0
     run_dir: str | None = None
-    engine: Literal["hf", "vllm"] = "hf"
+    # auto: vLLM where the generators get a GPU and vLLM is installed, else hf (the job says
+    # which in one line, and why)
+    engine: Literal["auto", "hf", "vllm"] = "hf"
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)

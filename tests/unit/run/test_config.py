@@ -101,7 +101,7 @@ def test_new_recipe_sections_refuse_unknown_keys():
 
 
 def test_engine_choice_and_vllm_adapter_rank():
-    with pytest.raises(ConfigError, match="engine: Input should be 'hf' or 'vllm'"):
+    with pytest.raises(ConfigError, match="engine: Input should be 'auto', 'hf' or 'vllm'"):
         config.load(SMOKE, ["engine=vlm"])
     with pytest.raises(ConfigError, match="variants.lora.r=32 exceeds vllm.max_lora_rank=16"):
         config.load(SMOKE, ["engine=vllm", "variants.lora.r=32"])
