@@ -1,0 +1,117 @@
+"""``python jobs/evaluate.py run_dir=runs/<train run> method=suite``: every inference method of a
+trained COALITION run on the same held-out questions, through the run's Ray actors: the base
+model (direct, CoT), each variant alone, self-refine, cross-refine with fixed roles, random
+routing, controller routing and the oracle. The controller is trained first if the run has none.
+Writes ``run_dir/evaluation/`` (summary.json, outcomes per method, methods.png) and prints the
+table with controller routing's paired differences against every other method."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from coalition.engines import sampling
+from coalition.run import cli, preflight, rundir
+from coalition.run.config import Config, ConfigError
+from coalition.run.report import print_table
+from coalition.run.rundir import RunDir, write_json, write_records
+
+
+def suite(argv: list[str], cfg: Config) -> int:
+    if not cfg.run_dir:
+        raise ConfigError("method=suite needs run_dir=<a jobs/train.py run directory>")
+    run_dir = Path(cfg.run_dir)
+    trained = RunDir(run_dir)
+    _, version = trained.trained()
+    _, overrides = cli.parse_args(argv, "evaluate")
+    cfg = trained.config(overrides)  # the run's own, overridden
+    preflight.model_paths(cfg, "suite")
+    rundir.lock(run_dir)  # it writes evaluation/ (and a controller) beside the run
+    from actors.session import init_ray
+    from actors.workers import RayWorkers
+    from coalition.engines.models import resolve
+    from coalition.method.controller import Controller
+    from coalition.method.deliberation import Steps
+    from coalition.method.suite import compare, rows, run_suite
+    from coalition.recipes.sro import Run
+    from coalition.run.plots import method_bars
+
+    start = time.perf_counter()
+    init_ray(cfg, "suite")
+    workers = RayWorkers(
+        cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train", trainers=False
+    )
+    try:
+        run = Run(cfg, workers, run_dir)
+        run.sync(version)
+        controller = None
+        if cfg.rounds and trained.round_file(1, "scored.jsonl").exists():
+            if not (trained.controller_dir / "controller.json").exists() or not run.manifest.done(
+                run.controller_stage()
+            ):
+                run.stage(run.controller_stage(), run.train_controller)
+            controller = Controller.load(trained.controller_dir)
+        params = replace(sampling(cfg.generation, cfg.seed), temperature=0.0, n=1)
+        results = run_suite(
+            Steps(workers, params),
+            run.task,
+            run.test,
+            run.keys,
+            controller,
+            cfg.deliberation.refine_turns,
+            cfg.model.chat_template,
+            cfg.deliberation.seed,
+        )
+    finally:
+        workers.close()
+    out_dir = trained.evaluation_dir
+    table = [asdict(r) for r in rows(results, cfg.evaluate.bootstrap, cfg.seed)]
+    for name, outs in results.items():
+        write_records(out_dir / "outcomes" / f"{_slug(name)}.jsonl", outs)
+    versus = (
+        compare(results, "controller routing", cfg.evaluate.bootstrap, cfg.seed)
+        if "controller routing" in results
+        else {}
+    )
+    summary = {
+        "job": "evaluate",
+        "method": "suite",
+        "task": cfg.task.name,
+        "model": cfg.model.name_or_path,
+        "version": version,
+        "refine_turns": cfg.deliberation.refine_turns,
+        "methods": table,
+        "controller_vs": versus,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(out_dir / "summary.json", summary)
+    method_bars(table, out_dir / "methods.png", title=f"{cfg.task.name}: inference methods")
+    print_table(
+        ["method", "accuracy", "95% CI", "tokens/q", "s/q (batched)"],
+        [
+            [
+                r["method"],
+                f"{r['accuracy']:.3f}",
+                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                f"{r['tokens_per_question']:.1f}",
+                f"{r['seconds_per_question']:.3f}",
+            ]
+            for r in table
+        ],
+    )
+    if versus:
+        print_table(
+            ["controller routing vs", "Δ accuracy", "paired 95% CI"],
+            [
+                [name, f"{d['delta']:+.3f}", f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"]
+                for name, d in versus.items()
+            ],
+        )
+    print(f"wall time {summary['seconds']:.0f}s; results: {out_dir}")
+    return 0
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("→", "-to-")).strip("-")
