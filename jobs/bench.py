@@ -193,7 +193,7 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     import torch
     from transformers import AutoConfig
 
-    from bench import perf
+    from benchmarks import perf
     from coalition.engines.hf import HFEngine
     from coalition.engines.models import resolve
     from coalition.method import scoring, warmup
@@ -352,7 +352,7 @@ def print_laptop(result: dict, run_dir: Path) -> None:
 def _param_count(path: str) -> int:
     from transformers import AutoConfig
 
-    from bench.perf import param_count
+    from benchmarks.perf import param_count
 
     return param_count(AutoConfig.from_pretrained(path))
 
@@ -426,7 +426,7 @@ def bench_serve(cfg) -> dict:
 
 
 def bench_gpu(cfg, run_dir: Path) -> dict:
-    from bench import perf
+    from benchmarks import perf
     from coalition.engines.models import resolve
     from coalition.run.config import ConfigError
 

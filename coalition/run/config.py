@@ -355,7 +355,7 @@ class BenchConfig(_Strict):
     run: str | None = None  # serve: the jobs/train.py run directory to serve
     requests: int = Field(200, ge=1)  # serve: requests per setting
     concurrency: int = Field(16, ge=1)  # serve: requests in flight at once
-    # gpu: random-weight model shapes (bench.perf.SHAPES), DPO step size, timing repeats
+    # gpu: random-weight model shapes (benchmarks.perf.SHAPES), DPO step size, timing repeats
     shapes: list[str] = Field(default_factory=lambda: ["qwen2.5-0.5b", "qwen2.5-1.5b"])
     dpo_batch: int = Field(8, ge=1)
     dpo_seq: int = Field(512, ge=8)

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = sorted((ROOT / "coalition").rglob("*.py"))
-SHELLS = {"ray", "actors", "jobs", "sweeps", "bench"}
+SHELLS = {"ray", "actors", "jobs", "sweeps", "benchmarks"}
 
 
 def imported_roots(path: Path) -> set[str]:

@@ -1,4 +1,4 @@
-"""jobs/bench.py gpu's measurements (bench.perf) on the CPU with the tiny shape: the shapes
+"""jobs/bench.py gpu's measurements (benchmarks.perf) on the CPU with the tiny shape: the shapes
 are the real models' sizes, the suite runs our engine and training paths end to end, and its
 figures are consistent with the work it did."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import perf
+from benchmarks import perf
 from coalition.engines import EngineSpec
 
 
