@@ -26,7 +26,9 @@ def imported_roots(path: Path) -> set[str]:
 
 def test_the_rule_sees_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("import os\n\ndef f():\n    from ray import train\n    import actors.workers\n")
+    module.write_text(
+        "import os\n\ndef f():\n    from ray import train\n    import actors.workers\n"
+    )
     assert imported_roots(module) == {"os", "ray", "actors"}
 
 

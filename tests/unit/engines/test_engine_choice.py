@@ -17,7 +17,10 @@ def auto():
 
 
 def test_a_named_engine_is_taken_as_it_is(auto):
-    assert choose_engine(config_mod.override(auto, {"engine": "vllm"})) == ("vllm", "set in the config")
+    assert choose_engine(config_mod.override(auto, {"engine": "vllm"})) == (
+        "vllm",
+        "set in the config",
+    )
 
 
 def test_auto_on_a_cpu_is_the_hf_engine_and_says_why(auto):
@@ -29,9 +32,16 @@ def test_auto_on_a_cpu_is_the_hf_engine_and_says_why(auto):
 def test_auto_with_gpu_generators_takes_vllm_where_it_is_installed(auto, monkeypatch):
     gpu = config_mod.override(auto, {"ray.generator_gpus": 1})
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else real(name))
-    assert choose_engine(gpu) == ("hf", "a GPU, but vLLM is not installed (pip install -e '.[vllm]')")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else real(name))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "vllm" else real(name)
+    )
+    assert choose_engine(gpu) == (
+        "hf",
+        "a GPU, but vLLM is not installed (pip install -e '.[vllm]')",
+    )
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: object() if name == "vllm" else real(name)
+    )
     assert choose_engine(gpu)[0] == "vllm" and EngineSpec.of(gpu).kind == "vllm"
 
 
