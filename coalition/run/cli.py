@@ -156,7 +156,7 @@ def _changes(cfg: Config, run_dir: Path, allowed: set[str]) -> list[str]:
             f"{old_path} is damaged; it is the config this run was made with. Restore it"
         ) from None
     with contextlib.suppress(ConfigError):  # keys the schema gained since read as defaults
-        old = config_mod.validate(old).model_dump(mode="json")
+        old = config_mod.validate(config_mod.drop_retired(old)).model_dump(mode="json")
     new = cfg.model_dump(mode="json")
     return [
         key

@@ -6,6 +6,7 @@ and wrong values are errors that name the key path and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -496,10 +497,32 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
+# Keys earlier versions wrote into run directories, and why they went. A run directory made
+# before their removal still reads (the key is dropped); a config a user writes names the reason.
+RETIRED: dict[str, str] = {
+    "generation.seed": "it was never used; sampling follows the top-level seed",
+}
+
+
+def drop_retired(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's config without the :data:`RETIRED` keys (a copy; ``raw`` is not changed)."""
+    out = copy.deepcopy(raw)
+    for dotted in RETIRED:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def _describe(err: dict[str, Any], schema: type[BaseModel]) -> str:
     """One line for one problem: the key path, what is wrong, and what is allowed or given."""
     loc = tuple(err["loc"])
     path = _path(loc)
+    if err["type"] == "extra_forbidden" and schema is Config and path in RETIRED:
+        return f"{path}: this key was removed: {RETIRED[path]}"
     if err["type"] == "extra_forbidden":
         owner = _model_at(loc[:-1], schema)
         allowed = sorted(owner.model_fields) if owner else []
@@ -611,9 +634,14 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load(path: Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load ``path`` (default ``configs/default.yaml``), apply overrides, validate."""
+def load(
+    path: Path | None = None, overrides: list[str] | None = None, *, saved: bool = False
+) -> Config:
+    """Load ``path`` (default ``configs/default.yaml``), apply overrides, validate. ``saved``: the
+    file is a run directory's own config, which may hold keys an earlier version wrote."""
     raw = load_yaml(path or DEFAULT_CONFIG)
+    if saved:
+        raw = drop_retired(raw)
     return validate(apply_overrides(raw, overrides or []))
 
 

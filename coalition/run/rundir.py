@@ -413,7 +413,7 @@ class RunDir:
 
     def config(self, overrides: list[str] | None = None) -> Config:
         """The config the run was trained with, with ``overrides`` laid over it."""
-        return config_mod.load(self.config_file, overrides)
+        return config_mod.load(self.config_file, overrides, saved=True)
 
     def trained(self) -> tuple[Config, int]:
         """A finished (or interrupted) ``jobs/train.py`` run's config and the newest version

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from coalition.run import config
 from coalition.run.config import ConfigError
@@ -126,3 +127,17 @@ def test_every_shipped_config_loads(path):
     cfg = config.load(path)
     if "gpu" in path.parts:
         assert cfg.engine == "vllm"  # GPU recipes generate and score on vLLM
+
+
+def test_a_key_an_earlier_version_wrote_still_reads_from_a_run_but_not_from_a_user(tmp_path):
+    from coalition.run.rundir import RunDir
+
+    raw = config.load_yaml(SMOKE)
+    raw.setdefault("generation", {})["seed"] = 7  # what runs made before its removal hold
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert RunDir(tmp_path).config() == config.load(SMOKE)
+    assert raw["generation"]["seed"] == 7  # dropping it copies
+    with pytest.raises(
+        ConfigError, match=r"generation\.seed: this key was removed: .*top-level seed"
+    ):
+        config.load(tmp_path / "config.yaml")
