@@ -115,7 +115,6 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     from coalition.engines.models import resolve
     from coalition.groups.team import Bound, Member
     from coalition.method.variants import variant_key
-    from coalition.run.checkpoints import load_state
     from coalition.run.rundir import RunDir
 
     path = resolve(cfg.model.name_or_path)
@@ -126,8 +125,7 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
         _, version = run.trained()
         workers = RayWorkers(cfg, path, run_dir / "ray_train", trainers=False)
         keys = [variant_key(k) for k in range(cfg.variants.count)]
-        for key in keys:
-            workers.push(key, load_state(run.state(key, version))[0], version)
+        run.serve_states(workers, dict.fromkeys(keys, version))
         return (
             workers,
             [keys[i % len(keys)] for i in range(n)],
@@ -140,8 +138,7 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
             team = RayTeam(
                 cfg, [Member(name, path, trained=True)], run_dir / "ray_train", trainers=False
             )
-            state, _, _ = load_state(run.state(name, version))
-            team.push(name, state, version)
+            run.serve_states(team, {name: version})
             return Bound(team, {name: name}), [name] * n, team.close, f"{name} v{version}"
     if run_dir is not None:
         raise ConfigError(f"run_dir {run_dir}: no trained models there to discuss with")

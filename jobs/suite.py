@@ -1,7 +1,7 @@
 """``python jobs/evaluate.py run_dir=runs/<train run> method=suite``: every inference method of a
 trained COALITION run on the same held-out questions, through the run's Ray actors: the base
 model (direct, CoT), each variant alone, self-refine, cross-refine with fixed roles, random
-routing, controller routing and the oracle. The controller is trained first if the run has none.
+routing, controller routing (the run's controller) and the oracle.
 Writes ``run_dir/evaluation/`` (summary.json, outcomes per method, methods.png) and prints the
 table with controller routing's paired differences against every other method."""
 
@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from coalition.engines import sampling
+from coalition.method.controller import Controller
 from coalition.run import cli, preflight, rundir
 from coalition.run.config import Config, ConfigError
 from coalition.run.report import print_table
@@ -28,37 +29,36 @@ def suite(argv: list[str], cfg: Config) -> int:
     _, overrides = cli.parse_args(argv, "evaluate")
     cfg = trained.config(overrides)  # the run's own, overridden
     preflight.model_paths(cfg, "suite")
-    rundir.lock(run_dir)  # it writes evaluation/ (and a controller) beside the run
+    scored = cfg.rounds and trained.round_file(1, "scored.jsonl").exists()
+    if scored:  # routes by the run's controller: refuse now if it is missing or damaged
+        Controller.check(trained.controller_dir)
+    rundir.lock(run_dir)  # it writes evaluation/ beside the run
     from actors.session import init_ray
     from actors.workers import RayWorkers
+    from coalition.data.tasks import from_config
     from coalition.engines.models import resolve
-    from coalition.method.controller import Controller
     from coalition.method.deliberation import Steps
     from coalition.method.suite import compare, rows, run_suite
-    from coalition.recipes.sro import Run
+    from coalition.method.variants import variant_key
     from coalition.run.plots import method_bars
 
     start = time.perf_counter()
+    task = from_config(cfg.task)
+    test = task.load("test")
+    keys = [variant_key(k) for k in range(cfg.variants.count)]
+    controller = Controller.load(trained.controller_dir) if scored else None
     init_ray(cfg, "suite")
     workers = RayWorkers(
         cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train", trainers=False
     )
     try:
-        run = Run(cfg, workers, run_dir)
-        run.sync(version)
-        controller = None
-        if cfg.rounds and trained.round_file(1, "scored.jsonl").exists():
-            if not (trained.controller_dir / "controller.json").exists() or not run.manifest.done(
-                run.controller_stage()
-            ):
-                run.stage(run.controller_stage(), run.train_controller)
-            controller = Controller.load(trained.controller_dir)
+        trained.serve_states(workers, dict.fromkeys(keys, version), print)
         params = replace(sampling(cfg.generation, cfg.seed), temperature=0.0, n=1)
         results = run_suite(
             Steps(workers, params),
-            run.task,
-            run.test,
-            run.keys,
+            task,
+            test,
+            keys,
             controller,
             cfg.deliberation.refine_turns,
             cfg.model.chat_template,

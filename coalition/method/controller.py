@@ -148,8 +148,9 @@ class Controller:
 
         path = Path(path)
         fix = (
-            "refit it with jobs/evaluate.py run_dir=<this run> method=suite (delete "
-            f"{path} first if it is damaged), or route with deliberation.routing=fixed|random"
+            f"resume the run to fit it (python jobs/train.py run_dir={path.parent}: its last "
+            "stage fits the controller, and redoes it if damaged), or route with "
+            "deliberation.routing=fixed|random"
         )
         if not (path / "controller.json").is_file():
             raise ConfigError(f"{path.parent}: no trained controller ({path} is missing); {fix}")

@@ -120,4 +120,3 @@ class Recipe:
 
 def _flat(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, int | float | str | bool)}
-

@@ -183,9 +183,7 @@ class Distill(Recipe):
 
     def student_rows(self) -> dict[str, Any]:
         """SFT rows from the kept samples (each distinct rationale once per question)."""
-        kept = [
-            r for r in read_records(self.dir.teacher_samples, TeacherSample) if r.kept
-        ]
+        kept = [r for r in read_records(self.dir.teacher_samples, TeacherSample) if r.kept]
         seen: set[tuple[str, str]] = set()
         rows = []
         fmt = self.task.answer_format

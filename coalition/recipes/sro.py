@@ -61,18 +61,11 @@ class Run(Recipe):
         self.pool_source = train[cfg.warmup.n :]
 
     def sync(self, version: int) -> None:
-        """Make every variant (and M_IFT) serve its saved state of ``version`` (pushing only
-        what is behind), so each stage provably runs on the version it expects."""
-        served = self.workers.versions()
+        """Make every variant (and M_IFT) serve its saved state of ``version``."""
         wanted = {key: version for key in self.keys}
         if self.cfg.scorer == "ift_all":
             wanted["ift"] = 1
-        for key, ver in wanted.items():
-            if served.get(key) != ver:
-                state, saved_key, saved_ver = load_state(self.dir.state(key, ver))
-                assert (saved_key, saved_ver) == (key, ver), (saved_key, saved_ver)
-                self.workers.push(key, state, ver)
-                self.log(f"[push] {key} -> version {ver}")
+        self.dir.serve_states(self.workers, wanted, self.log)
 
     def render(self, mode: str, ex: Example, reads: str | None = None) -> str:
         prompt = prompts.build(mode, ex.question, self.task.answer_format, reads)  # type: ignore[arg-type]
@@ -404,9 +397,7 @@ class Run(Recipe):
             "actor_versions": self.workers.actor_versions(),
         }
         write_json(self.dir.summary_file, summary)
-        accuracy_per_round(
-            acc, self.dir.accuracy_plot, title=f"COALITION on {self.cfg.task.name}"
-        )
+        accuracy_per_round(acc, self.dir.accuracy_plot, title=f"COALITION on {self.cfg.task.name}")
         return summary
 
 
@@ -422,4 +413,3 @@ def _routing_line(rep: dict[str, Any]) -> str:
         f"held-out routing accuracy {rep['accuracy']:.2f} (majority {rep['majority']:.2f}, "
         f"chance {rep['chance']:.2f}; n={rep['n_holdout']}, train {rep['n_train']}){fallback}"
     )
-

@@ -35,6 +35,15 @@ def load_state(path: Path) -> tuple[State, str, int]:
 def check_state(path: Path) -> tuple[str, int]:
     """(key, version) of a state file, read from its header; a missing, truncated or foreign
     file is a :class:`ConfigError` naming it and what to do."""
+    meta = check_safetensors(path)
+    if meta.get("format") != "coalition-state-v1" or "key" not in meta:
+        raise ConfigError(_damaged(Path(path)))
+    return meta["key"], int(meta["version"])
+
+
+def check_safetensors(path: Path) -> dict[str, str]:
+    """The metadata of any safetensors file (a state, the controller) whose header reads and
+    whose data is all there; else a :class:`ConfigError` naming it and what to do."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -43,13 +52,11 @@ def check_state(path: Path) -> tuple[str, int]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-        if meta.get("format") != "coalition-state-v1":
-            raise ValueError
         if path.stat().st_size < _data_end(path):
             raise ValueError
-        return meta["key"], int(meta["version"])
     except Exception:  # noqa: BLE001 - any failure to read the header means the same thing
         raise ConfigError(_damaged(path)) from None
+    return meta
 
 
 def _data_end(path: Path) -> int:
@@ -63,6 +70,6 @@ def _data_end(path: Path) -> int:
 
 def _damaged(path: Path) -> str:
     return (
-        f"{path} is damaged (truncated or not a coalition state); delete it and rerun the job "
+        f"{path} is damaged (truncated or not a coalition file); delete it and rerun the job "
         "on this run_dir: the stage that wrote it is redone"
     )

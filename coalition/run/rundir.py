@@ -145,11 +145,11 @@ class Manifest:
             path = self.dir / rel
             if not path.is_file():
                 return f"{rel} is missing"
-            if path.suffix == ".safetensors":
-                from coalition.run.checkpoints import check_state
+            if path.suffix == ".safetensors":  # a state or the controller: is it all there?
+                from coalition.run.checkpoints import check_safetensors
 
                 try:
-                    check_state(path)
+                    check_safetensors(path)
                 except ConfigError:
                     return f"{rel} is damaged"
         return None
@@ -406,6 +406,26 @@ class RunDir:
     def student_file(self, name: str) -> Path:
         return self.path / "student" / name
 
+    def serve_states(self, models: Any, wanted: dict[str, int], log: Any = None) -> None:
+        """Make ``models`` (any group with ``versions`` and ``push``) serve this run's saved
+        state of each ``key: version`` in ``wanted``, pushing only what is behind, so what
+        runs next provably runs on the versions it expects."""
+        from coalition.run.checkpoints import load_state
+
+        served = models.versions()
+        for key, version in wanted.items():
+            if served.get(key) == version:
+                continue
+            state, saved_key, saved_version = load_state(self.state(key, version))
+            if (saved_key, saved_version) != (key, version):
+                raise ConfigError(
+                    f"{self.state(key, version)} holds {saved_key} v{saved_version}, "
+                    f"not {key} v{version}; the run directory is damaged"
+                )
+            models.push(key, state, version)
+            if log is not None:
+                log(f"[push] {key} -> version {version}")
+
     # what run it is
     def kind(self) -> str | None:
         """The job that owns the directory (:func:`owner`)."""
@@ -432,5 +452,7 @@ class RunDir:
         cfg = self.config()
         version = self.latest_version(variant_key(k) for k in range(cfg.variants.count))
         if version == 0:
-            raise ConfigError(f"run_dir {self.path}: no trained variants yet (warm-up not finished)")
+            raise ConfigError(
+                f"run_dir {self.path}: no trained variants yet (warm-up not finished)"
+            )
         return cfg, version

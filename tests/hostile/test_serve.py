@@ -69,13 +69,15 @@ def test_serve_on_a_port_in_use(train_run):
 
 def test_serve_without_a_controller_says_what_to_do(run):
     shutil.rmtree(run / "controller")
-    refused(serve(f"run_dir={run}"), "no trained controller", "method=suite", "routing=fixed")
+    refused(
+        serve(f"run_dir={run}"), "no trained controller", "jobs/train.py run_dir=", "routing=fixed"
+    )
 
 
 def test_serve_with_a_damaged_controller(run):
     path = run / "controller" / "controller.safetensors"
     path.write_bytes(path.read_bytes()[:40])
-    refused(serve(f"run_dir={run}"), "controller is damaged", "refit it")
+    refused(serve(f"run_dir={run}"), "controller is damaged", "resume the run")
 
 
 def test_serve_with_a_truncated_state(run):

@@ -156,3 +156,30 @@ def test_run_dir_owns_the_layout_and_reads_a_trained_run(tmp_path):
     mark_owner(run.path, "saie")
     with pytest.raises(ConfigError, match="holds a jobs/saie.py run"):
         run.trained()
+
+
+def test_a_finished_controller_stage_is_kept_on_resume_and_redone_when_cut(tmp_path):
+    # the controller's safetensors is not a model state: it must still count as intact
+    from coalition.method import controller as C
+    from coalition.recipes.base import Recipe
+    from coalition.run import config
+    from tests.conftest import SMOKE
+    from tests.unit.method.test_controller import separable
+
+    class Quiet:
+        parallel_updates = False
+
+    calls = []
+
+    def stage():
+        calls.append(1)
+        examples, feats = separable(40)
+        C.fit(examples, feats, 2, holdout=0.25, seed=1).save(tmp_path / "controller")
+
+    for _ in range(2):
+        Recipe(config.load(SMOKE), Quiet(), tmp_path, log=lambda _: None).stage("ctrl", stage)
+    assert len(calls) == 1
+    weights = tmp_path / "controller" / "controller.safetensors"
+    weights.write_bytes(weights.read_bytes()[:60])
+    Recipe(config.load(SMOKE), Quiet(), tmp_path, log=lambda _: None).stage("ctrl", stage)
+    assert len(calls) == 2
