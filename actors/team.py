@@ -12,7 +12,7 @@ import ray
 
 from actors.hosts import GeneratorActor
 from actors.persistent import PersistentTrainer, persistent_trainer
-from actors.resilient import Resilient, gather, started
+from actors.resilient import HostHandle, gather, started
 from actors.session import QUIET
 from actors.training import train_with
 from coalition.engines import EngineSpec
@@ -43,7 +43,7 @@ class RayTeam(Team):
         self.spec = lora_spec(cfg.variants.lora)
         self.chunk = cfg.ray.chunk_size
         r = cfg.ray
-        self._hosts: dict[str, Resilient] = {}
+        self._hosts: dict[str, HostHandle] = {}
         self._tokenizers: dict[str, Any] = {}
         for m in self.members.values():
             host = host_name(m, self.mode)
@@ -61,7 +61,7 @@ class RayTeam(Team):
                 EngineSpec.of(cfg),
                 r.generator_cpus,
             )
-            self._hosts[host] = Resilient(actor, f"generator[{m.name}]", r.max_retries, log)
+            self._hosts[host] = HostHandle(actor, f"generator[{m.name}]", r.max_retries, log)
             self._tokenizers[m.path] = AutoTokenizer.from_pretrained(m.path)
         self._expected: dict[str, int] = {}
         self.trainers: dict[str, PersistentTrainer] = {}
@@ -73,7 +73,7 @@ class RayTeam(Team):
                     )
         started(list(self._hosts.values()), r.start_timeout_s)
 
-    def _host(self, name: str) -> Resilient:
+    def _host(self, name: str) -> HostHandle:
         return self._hosts[host_name(self.members[name], self.mode)]
 
     def tokenizer_of(self, name):
@@ -83,37 +83,30 @@ class RayTeam(Team):
         return [items[i : i + self.chunk] for i in range(0, len(items), self.chunk)] or [[]]
 
     def generate(self, jobs, params: SamplingParams):
-        calls, owners = [], []
+        calls, owners, sizes = [], [], []
         for name, prompts in jobs.items():
             expect = self._expected.get(name)
             for part in self._split(prompts):
-                args = (adapter_of(self.members[name]), part, params, expect)
-                calls.append((self._host(name), "generate", args))
+                adapter = adapter_of(self.members[name])
+                calls.append(self._host(name).generate(adapter, part, params, expect))
                 owners.append(name)
+                sizes.append(len(part) * params.n)
         out: dict[str, list[Any]] = {name: [] for name in jobs}
-        sizes = [len(c[2][1]) * params.n for c in calls]
         for name, result in zip(owners, gather(calls, sizes, "generations"), strict=True):
             out[name].extend(result)
         return out
 
     def evaluate(self, names, task_spec, examples, method, params, chat):
-        calls, owners = [], []
+        calls, owners, sizes = [], [], []
         for name in names:
             expect = self._expected.get(name)
             for part in self._split(examples):
-                args = (
-                    adapter_of(self.members[name]),
-                    task_spec,
-                    part,
-                    method,
-                    params,
-                    chat,
-                    expect,
-                )
-                calls.append((self._host(name), "evaluate", args))
+                adapter = adapter_of(self.members[name])
+                host = self._host(name)
+                calls.append(host.evaluate(adapter, task_spec, part, method, params, chat, expect))
                 owners.append(name)
+                sizes.append(len(part))
         out: dict[str, list[Any]] = {name: [] for name in names}
-        sizes = [len(c[2][2]) for c in calls]
         for name, result in zip(owners, gather(calls, sizes, "questions"), strict=True):
             out[name].extend(result)
         return out
@@ -129,8 +122,9 @@ class RayTeam(Team):
         self.trained(name)
         host = self._host(name)
         ref = ray.put(state)
-        host.remember(f"state:{name}", "install", name, ref, version)
-        served = host.call("install", name, ref, version)
+        install = host.install(name, ref, version)
+        host.remember(f"state:{name}", install)
+        served = install.result()
         if served != version:
             raise RuntimeError(f"{name}: pushed version {version}, actor serves {served}")
         self._expected[name] = version

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.persistent import PersistentTrainer, persistent_trainer
-from actors.resilient import Resilient, gather
+from actors.resilient import HostHandle, gather
 from actors.update import train_update
 from coalition.engines import choose_engine
 from coalition.engines.base import LoraSpec
@@ -28,7 +28,7 @@ def train_with(
     state: State | None,
     rows: list[dict[str, str]],
     settings: StepSettings,
-    generators: Sequence[Resilient] = (),
+    generators: Sequence[HostHandle] = (),
 ) -> tuple[State, dict[str, float]]:
     """One update of model ``key`` per ``ray.trainer``: on its persistent trainer (started on
     first use and kept in ``trainers``), or on a fresh TorchTrainer. With ``engine: vllm`` and
@@ -36,7 +36,7 @@ def train_with(
     goes to the trainer) and wake before it returns, whatever happens."""
     sleep = choose_engine(cfg)[0] == "vllm" and cfg.vllm.sleep_during_training and generators
     if sleep:
-        gather([(g, "sleep", ()) for g in generators])
+        gather([g.sleep() for g in generators])
     try:
         r = cfg.ray
         if r.trainer == "persistent":
@@ -60,4 +60,4 @@ def train_with(
         )
     finally:
         if sleep:
-            gather([(g, "wake", ()) for g in generators])
+            gather([g.wake() for g in generators])

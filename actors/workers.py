@@ -12,7 +12,7 @@ import ray
 
 from actors.hosts import GeneratorActor, ScorerActor
 from actors.persistent import PersistentTrainer, persistent_trainer
-from actors.resilient import Resilient, gather, started
+from actors.resilient import HostHandle, gather, started
 from actors.session import QUIET
 from actors.training import train_with
 from coalition.engines import EngineSpec
@@ -68,7 +68,7 @@ class RayWorkers(Workers):
         self.chunk = cfg.ray.chunk_size
         r = cfg.ray
         common = (base_path, self.mode, self.spec, EngineSpec.of(cfg))
-        self.gens: dict[str, Resilient] = {}
+        self.gens: dict[str, HostHandle] = {}
         for k in range(cfg.variants.count):
             key = variant_key(k)
             actor = GeneratorActor.options(
@@ -77,14 +77,14 @@ class RayWorkers(Workers):
                 max_restarts=r.max_restarts,
                 runtime_env={"env_vars": QUIET},
             ).remote(*common, r.generator_cpus)
-            self.gens[key] = Resilient(actor, f"generator[{key}]", r.max_retries, log)
+            self.gens[key] = HostHandle(actor, f"generator[{key}]", r.max_retries, log)
         actor = ScorerActor.options(
             num_cpus=r.scorer_cpus,
             num_gpus=r.generator_gpus,
             max_restarts=r.max_restarts,
             runtime_env={"env_vars": QUIET},
         ).remote(*common, r.scorer_cpus)
-        self.scorer = Resilient(actor, "scorer", r.max_retries, log)
+        self.scorer = HostHandle(actor, "scorer", r.max_retries, log)
         self._expected: dict[str, int] = {}
         self.pushes = {"broadcast": 0}  # how many pushes went by broadcast (for checks)
         self._channels: dict[str, Channel] = {}
@@ -109,7 +109,7 @@ class RayWorkers(Workers):
 
     # the base model answers from the scorer (LoRA: adapters disabled); a full-weights scorer
     # keeps the base only while it scores with it
-    def _host_for(self, key: str | None) -> Resilient:
+    def _host_for(self, key: str | None) -> HostHandle:
         if key is not None:
             return self.gens[key]
         if self.mode == "lora" or self.scorer_keys == [None]:
@@ -120,51 +120,45 @@ class RayWorkers(Workers):
         return [prompts[i : i + self.chunk] for i in range(0, len(prompts), self.chunk)] or [[]]
 
     def generate(self, jobs, params: SamplingParams):
-        calls, owners = [], []
+        calls, owners, sizes = [], [], []
         for key, prompts in jobs.items():
             for chunk in self._chunks(prompts):
                 expect = self._expected.get(key) if key else None
-                calls.append((self._host_for(key), "generate", (key, chunk, params, expect)))
+                calls.append(self._host_for(key).generate(key, chunk, params, expect))
                 owners.append(key)
+                sizes.append(len(chunk) * params.n)
         out: dict[str | None, list[Any]] = {key: [] for key in jobs}
-        sizes = [len(c[2][1]) * params.n for c in calls]
         for key, result in zip(owners, gather(calls, sizes, "generations"), strict=True):
             out[key].extend(result)
         return out
 
     def utilities(self, prompts, targets):
+        starts = range(0, len(prompts), self.chunk)
         calls = [
-            (
-                self.scorer,
-                "utilities",
-                (self.scorer_keys, prompts[i : i + self.chunk], targets[i : i + self.chunk]),
+            self.scorer.utilities(
+                self.scorer_keys, prompts[i : i + self.chunk], targets[i : i + self.chunk]
             )
-            for i in range(0, len(prompts), self.chunk)
+            for i in starts
         ]
-        sizes = [len(c[2][1]) for c in calls]
+        sizes = [len(prompts[i : i + self.chunk]) for i in starts]
         return [u for part in gather(calls, sizes, "scores") for u in part]
 
     def features(self, prompts):
         host = self._host_for(None)  # the frozen base
-        calls = [(host, "features", (chunk,)) for chunk in self._chunks(prompts)]
+        calls = [host.features(chunk) for chunk in self._chunks(prompts)]
         return [f for part in gather(calls) for f in part]
 
     def evaluate(self, keys, task_spec, examples, method, params, chat):
-        calls, owners = [], []
+        calls, owners, sizes = [], [], []
         for key in keys:
             expect = self._expected.get(key) if key else None
             for i in range(0, len(examples), self.chunk):
                 chunk = examples[i : i + self.chunk]
-                calls.append(
-                    (
-                        self._host_for(key),
-                        "evaluate",
-                        (key, task_spec, chunk, method, params, chat, expect),
-                    )
-                )
+                host = self._host_for(key)
+                calls.append(host.evaluate(key, task_spec, chunk, method, params, chat, expect))
                 owners.append(key)
+                sizes.append(len(chunk))
         out: dict[str | None, list[Any]] = {key: [] for key in keys}
-        sizes = [len(c[2][2]) for c in calls]
         for key, result in zip(owners, gather(calls, sizes, "questions"), strict=True):
             out[key].extend(result)
         return out
@@ -182,17 +176,17 @@ class RayWorkers(Workers):
         if self._broadcast(key, hosts, state, version):
             # a restarted actor gets the state replayed through the object store
             for host in hosts:
-                host.remember(f"state:{key}", "install", key, state, version)
+                host.remember(f"state:{key}", host.install(key, state, version))
         else:
             ref = ray.put(state)  # one copy in the object store, shared by every receiving actor
             for host in hosts:
-                host.remember(f"state:{key}", "install", key, ref, version)
-            served = gather([(h, "install", (key, ref, version)) for h in hosts])
+                host.remember(f"state:{key}", host.install(key, ref, version))
+            served = gather([h.install(key, ref, version) for h in hosts])
             if any(v != version for v in served):
                 raise RuntimeError(f"{key}: pushed version {version}, actors serve {served}")
         self._expected[key] = version
 
-    def _broadcast(self, key: str, hosts: list[Resilient], state: State, version: int) -> bool:
+    def _broadcast(self, key: str, hosts: list[HostHandle], state: State, version: int) -> bool:
         """Push full weights straight from ``key``'s trainer to ``hosts`` (``ray.full_push``);
         ``False`` when that cannot be done (the trainer lacks this state, or the broadcast
         failed: then the caller uses the object store and the next broadcast meets afresh)."""
@@ -205,7 +199,7 @@ class RayWorkers(Workers):
         timeout = self.cfg.ray.push_timeout_s
         start = time.monotonic()
         seq = trainer.push(key, channel, version, fingerprint(state))
-        refs = [h.submit("receive", key, channel, rank, version) for rank, h in enumerate(hosts, 1)]
+        refs = [h.receive(key, channel, rank, version).submit() for rank, h in enumerate(hosts, 1)]
         try:
             served = ray.get(refs, timeout=2 * timeout + 30)
             sent = trainer.wait(seq, timeout=2 * timeout + 30)
@@ -232,7 +226,7 @@ class RayWorkers(Workers):
         """What each actor itself reports (for checks and the summary)."""
         names = list(self.gens) + ["scorer"]
         hosts = list(self.gens.values()) + [self.scorer]
-        return dict(zip(names, gather([(h, "versions", ()) for h in hosts]), strict=True))
+        return dict(zip(names, gather([h.versions() for h in hosts]), strict=True))
 
     def close(self) -> None:
         for trainer in self.trainers.values():
