@@ -238,7 +238,7 @@ class Deliberator:
         from coalition.data.tasks import from_config
         from coalition.engines.models import resolve
         from coalition.method.controller import Controller, report_dict
-        from coalition.method.deliberation import ControllerRouter, Fixed, RandomRouter
+        from coalition.method.suite import choose_route, router_for
         from coalition.method.variants import variant_key
         from coalition.run.preflight import PROMPT_OVERHEAD_TOKENS, context_of
         from coalition.run.rundir import RunDir
@@ -254,17 +254,21 @@ class Deliberator:
         self.max_tokens = max(1, min(cfg.serve.max_question_tokens, room))
         self.models = _HandleModels(models, tok)
         keys = [variant_key(k) for k in range(cfg.variants.count)]
-        routing = cfg.deliberation.routing
-        ctrl_dir = run.controller_dir
+        turns = cfg.deliberation.refine_turns
+        self.route = choose_route(
+            cfg.deliberation.routing, run.suite(), self.version, turns, run.expects_controller(cfg)
+        )
         self.controller_report: dict[str, Any] | None = None
-        if routing == "controller":
-            ctrl = Controller.load(ctrl_dir)
-            self.router = ControllerRouter(ctrl, keys)
+
+        def controller() -> Controller:
+            ctrl = Controller.load(run.controller_dir)
             self.controller_report = report_dict(ctrl)  # which decisions fall back to majority
-        elif routing == "random":
-            self.router = RandomRouter(keys, cfg.deliberation.seed)
-        else:
-            self.router = Fixed("fixed roles", keys[0], keys[1 % len(keys)])
+            return ctrl
+
+        self.router, self.turns = router_for(
+            self.route, keys, turns, controller, cfg.deliberation.seed
+        )
+        log.info("routing: %s (%s)", self.route.method, self.route.why)
         self.params = SamplingParams(max_new_tokens=cfg.generation.max_new_tokens)
         from actors import serve as this_module
 
@@ -289,8 +293,9 @@ class Deliberator:
             "version": self.version,
             "versions": await self.models.handle.versions.remote(),
             "routing": self.router.name,
+            "routing_why": self.route.why,
             "controller": self.controller_report,
-            "refine_turns": self.cfg.deliberation.refine_turns,
+            "refine_turns": self.turns,
             "run": self.run_name,
             "max_question_tokens": self.max_tokens,
             "auth": self.auth,
@@ -345,7 +350,7 @@ class Deliberator:
             self.task,
             examples,
             self.router,
-            self.cfg.deliberation.refine_turns,
+            self.turns,
             self.cfg.model.chat_template,
         )
 

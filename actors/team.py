@@ -137,3 +137,16 @@ class RayTeam(Team):
             trainer.close()
         for host in self._hosts.values():
             ray.kill(host.actor, no_restart=True)
+
+
+def start_team(cfg: Config, members: Sequence[Member], run_dir: Path, job: str) -> Team:
+    """Ray (local, or the cluster ``ray.address`` names) and a two-model recipe's team on it:
+    what jobs/distill.py and jobs/saie.py run on; with ``ray.in_process`` the same recipe on an
+    in-process team, and Ray never starts."""
+    from actors.session import init_ray
+    from coalition.groups.team import local_team
+
+    if cfg.ray.in_process:
+        return local_team(cfg, members)
+    init_ray(cfg, job)
+    return RayTeam(cfg, members, Path(run_dir) / "ray_train")

@@ -235,11 +235,16 @@ class RayWorkers(Workers):
             ray.kill(h.actor, no_restart=True)
 
 
-def start_workers(cfg: Config, run_dir: Path) -> RayWorkers:
+def start_workers(cfg: Config, run_dir: Path) -> Workers:
     """Ray (local, or the cluster ``ray.address`` names) and a COALITION run's workers on it:
-    what jobs/train.py and jobs/ablate.py run their recipes on."""
+    what jobs/train.py and jobs/ablate.py run their recipes on; with ``ray.in_process`` the
+    same recipe on in-process workers, and Ray never starts."""
     from actors.session import init_ray
     from coalition.engines.models import resolve
+    from coalition.groups.workers import local_workers
+
+    if cfg.ray.in_process:
+        return local_workers(cfg)
 
     init_ray(cfg, "train")
     return RayWorkers(cfg, resolve(cfg.model.name_or_path), Path(run_dir) / "ray_train")

@@ -27,13 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.session import init_ray
-    from actors.team import RayTeam
+    from actors.team import start_team
     from coalition.recipes.distill import Distill, build_teacher, members
 
     start = time.perf_counter()
-    init_ray(cfg, "distill")
-    team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
+    team = start_team(cfg, members(cfg), run_dir, "distill")
     teacher = build_teacher(cfg, team)
     try:
         summary = Distill(cfg, team, teacher, run_dir).run()

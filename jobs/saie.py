@@ -25,13 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.session import init_ray
-    from actors.team import RayTeam
+    from actors.team import start_team
     from coalition.recipes.saie import SAIE, members
 
     start = time.perf_counter()
-    init_ray(cfg, "saie")
-    team = RayTeam(cfg, members(cfg), run_dir / "ray_train")
+    team = start_team(cfg, members(cfg), run_dir, "saie")
     try:
         summary = SAIE(cfg, team, run_dir).run()
     finally:

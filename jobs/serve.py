@@ -1,7 +1,7 @@
 """Serve a trained run over HTTP with Ray Serve: the variants and the controller, deliberating.
 
     python jobs/serve.py run_dir=runs/<train run> [serve.port=8000] [serve.host=127.0.0.1]
-        [serve.auth_token=...] [deliberation.routing=controller|random|fixed]
+        [serve.auth_token=...] [deliberation.routing=auto|controller|random|fixed]
         [deliberation.refine_turns=1]
 
 Binds 127.0.0.1 unless ``serve.host`` says otherwise. With ``serve.auth_token`` (or the
@@ -18,9 +18,13 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coalition.run import cli, preflight
 from coalition.run.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from coalition.method.suite import Route
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = flat.pop("run_dir", None)
     if not run_dir:
         raise ConfigError("jobs/serve.py needs run_dir=<a jobs/train.py run directory>")
-    cfg, version = check(Path(run_dir), flat)
+    cfg, version, route = check(Path(run_dir), flat)
 
     from ray import serve
 
@@ -45,19 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name="coalition", route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    print(f"serving {run_dir} (version {version}, routing {cfg.deliberation.routing}) at {url}")
+    print(f"serving {run_dir} (version {version}) at {url}")
+    print(f"  routing: {route.method} ({route.why})")
     print(f"  POST {url}/v1/solve   GET {url}/v1/info   GET {url}/healthz   docs: {url}/docs")
     stop.wait()
     serve.shutdown()
     return 0
 
 
-def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
+def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int, Route]:
     """Everything serving needs, checked before Ray starts: a trained run with readable
-    states (and controller, when routing by it), a model that loads, a token that is a token
+    states (and controller, when the route is the controller's), a model that loads, a token that is a token
     (or a loud word that there is none, on loopback only), and a free port. The token, when it
     comes from the environment, is put in ``flat`` for the replicas."""
     from coalition.method.controller import Controller
+    from coalition.method.suite import choose_route
     from coalition.method.variants import variant_key
     from coalition.run.checkpoints import check_state
     from coalition.run.config import SERVE_TOKEN_ENV, override
@@ -69,7 +75,11 @@ def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
     preflight.model_paths(cfg, "serve")
     for k in range(cfg.variants.count):
         check_state(run.state(variant_key(k), version))
-    if cfg.deliberation.routing == "controller":
+    turns = cfg.deliberation.refine_turns
+    route = choose_route(
+        cfg.deliberation.routing, run.suite(), version, turns, run.expects_controller(cfg)
+    )
+    if route.method == "controller routing":
         Controller.check(run.controller_dir)
     token = cfg.serve.token()
     host = cfg.serve.host
@@ -88,7 +98,7 @@ def check(run_dir: Path, flat: dict[str, str]) -> tuple[Config, int]:
             f"{cfg.serve.port} can call /v1/*; set serve.auth_token or {SERVE_TOKEN_ENV}",
             file=sys.stderr,
         )
-    return cfg, version
+    return cfg, version, route
 
 
 def _loopback(host: str) -> bool:

@@ -29,7 +29,7 @@ def suite(argv: list[str], cfg: Config) -> int:
     _, overrides = cli.parse_args(argv, "evaluate")
     cfg = trained.config(overrides)  # the run's own, overridden
     preflight.model_paths(cfg, "suite")
-    scored = cfg.rounds and trained.round_file(1, "scored.jsonl").exists()
+    scored = trained.expects_controller(cfg)
     if scored:  # routes by the run's controller: refuse now if it is missing or damaged
         Controller.check(trained.controller_dir)
     rundir.lock(run_dir)  # it writes evaluation/ beside the run
@@ -38,7 +38,7 @@ def suite(argv: list[str], cfg: Config) -> int:
     from coalition.data.tasks import from_config
     from coalition.engines.models import resolve
     from coalition.method.deliberation import Steps
-    from coalition.method.suite import compare, rows, run_suite
+    from coalition.method.suite import best_measured, compare, rows, run_suite
     from coalition.method.variants import variant_key
     from coalition.run.plots import method_bars
 
@@ -86,6 +86,8 @@ def suite(argv: list[str], cfg: Config) -> int:
         "controller_vs": versus,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    route = best_measured(summary)
+    summary["serving_route"] = asdict(route)  # what deliberation.routing=auto serves
     write_json(out_dir / "summary.json", summary)
     method_bars(table, out_dir / "methods.png", title=f"{cfg.task.name}: inference methods")
     print_table(
@@ -109,6 +111,7 @@ def suite(argv: list[str], cfg: Config) -> int:
                 for name, d in versus.items()
             ],
         )
+    print(f"serving route (deliberation.routing=auto): {route.method}, {route.why}")
     print(f"wall time {summary['seconds']:.0f}s; results: {out_dir}")
     return 0
 

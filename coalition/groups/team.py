@@ -184,3 +184,13 @@ class LocalTeam(Team):
 
     def versions(self):
         return dict(self._expected)
+
+
+def local_team(cfg: Any, members: Sequence[Member]) -> LocalTeam:
+    """A recipe's team in this process (``ray.in_process: true``), with the torch threads one
+    generator actor gets, so its numerics and samples match the Ray run's."""
+    from coalition.groups import prepare_in_process
+    from coalition.method.training import lora_spec
+
+    prepare_in_process(cfg.ray.generator_cpus)
+    return LocalTeam(members, cfg.variants.mode, lora_spec(cfg.variants.lora), EngineSpec.of(cfg))

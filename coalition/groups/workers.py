@@ -166,3 +166,21 @@ class LocalWorkers(Workers):
 
     def versions(self):
         return dict(self._expected)
+
+
+def local_workers(cfg: Any) -> LocalWorkers:
+    """A run's workers in this process (``ray.in_process: true``), with the torch threads one
+    generator actor gets, so its numerics and samples match the Ray run's."""
+    from coalition.engines.models import resolve
+    from coalition.groups import prepare_in_process
+    from coalition.method.training import lora_spec
+
+    prepare_in_process(cfg.ray.generator_cpus)
+    return LocalWorkers(
+        resolve(cfg.model.name_or_path),
+        cfg.variants.mode,
+        lora_spec(cfg.variants.lora),
+        cfg.scorer,
+        cfg.variants.count,
+        EngineSpec.of(cfg),
+    )

@@ -9,7 +9,7 @@ question; controller routing is also compared with each other method on the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from coalition.method.deliberation import (
     oracle,
 )
 from coalition.run import stats
+from coalition.run.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,89 @@ def compare(
         d = stats.paired_difference([float(o.correct) for o in outs], mine, n_boot, seed)
         out[name] = {"delta": d.delta, "ci95": [d.ci_low, d.ci_high], "n": d.n}
     return out
+
+
+NOT_ROUTES = ("base direct", "base cot", "oracle")  # suite rows Serve cannot run on the variants
+SUITE_HINT = "python jobs/evaluate.py run_dir=<run> method=suite measures every route"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How Serve deliberates: a suite method it runs (``"v1→v0 cross-refine"``, ``"random
+    routing"``, ``"controller routing"``, ``"fixed roles"``, …) and, in a line, why."""
+
+    method: str
+    why: str
+
+
+def best_measured(summary: dict[str, Any]) -> Route:
+    """The suite's most accurate route on the variants (ties: fewer tokens per question). The
+    pick is on the suite's own held-out questions, so its edge over the runner-up is an upper
+    estimate; the reason carries the interval and the controller's figure beside it."""
+    try:
+        table = [r for r in summary["methods"] if r["method"] not in NOT_ROUTES]
+        best = max(table, key=lambda r: (r["accuracy"], -r["tokens_per_question"]))
+        lo, hi = best["ci95"]
+        best["n"], summary["version"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"the evaluation suite's summary is damaged ({e!r}); rerun it") from e
+    why = (
+        f"best measured by the evaluation suite of version {summary['version']}: "
+        f"{best['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {best['n']} held-out questions"
+    )
+    ctrl = next((r for r in table if r["method"] == "controller routing"), None)
+    if ctrl is not None and best is not ctrl:
+        why += f" (controller routing {ctrl['accuracy']:.3f})"
+    return Route(best["method"], why)
+
+
+def choose_route(
+    routing: str,
+    summary: dict[str, Any] | None,
+    version: int,
+    refine_turns: int,
+    has_controller: bool,
+) -> Route:
+    """What Serve runs for ``deliberation.routing``. ``auto`` takes the route the run's
+    evaluation suite measured best (``summary``: its summary.json, or None) when that suite
+    measured the served version with the same refine turns; otherwise the controller where
+    the run has one (trained, or due from its scored rounds), else fixed roles."""
+    if routing != "auto":
+        method = {"controller": "controller routing", "random": "random routing"}
+        return Route(method.get(routing, "fixed roles"), f"deliberation.routing={routing}")
+    if summary is None:
+        reason = f"no evaluation suite of this run yet ({SUITE_HINT})"
+    elif summary.get("version") != version:
+        reason = f"the suite measured version {summary.get('version')}, this serves {version}"
+    elif summary.get("refine_turns") != refine_turns:
+        reason = (
+            f"the suite measured refine_turns={summary.get('refine_turns')}, "
+            f"this serves {refine_turns}"
+        )
+    else:
+        best = best_measured(summary)
+        return Route(best.method, f"deliberation.routing=auto: {best.why}")
+    if has_controller:
+        return Route(
+            "controller routing",
+            f"deliberation.routing=auto: {reason}; the run's controller routes",
+        )
+    return Route("fixed roles", f"deliberation.routing=auto: {reason}; the run has no controller")
+
+
+def router_for(
+    route: Route,
+    keys: list[str],
+    refine_turns: int,
+    controller: Callable[[], Controller],
+    seed: int,
+) -> tuple[Router, int]:
+    """The router and refine turns of ``route`` (``controller`` loads the run's controller,
+    called only when the route needs it)."""
+    if route.method == "fixed roles":
+        return Fixed("fixed roles", keys[0], keys[1 % len(keys)]), refine_turns
+    ctrl = controller() if route.method == "controller routing" else None
+    for router, turns in routers(keys, refine_turns, ctrl, seed):
+        if router.name == route.method:
+            return router, turns
+    raise ValueError(f"{route.method!r} is not a route on variants {keys}")

@@ -235,6 +235,9 @@ class RayConfig(_Strict):
     """Where and how the Ray pieces run (``address: null`` starts a local Ray)."""
 
     address: str | None = None
+    # true: no Ray at all; every model and update runs in this one process (the in-process
+    # groups), so a whole round can be stepped through in a debugger. Same seeds, same pairs.
+    in_process: bool = False
     num_cpus: int | None = Field(None, ge=1, le=1_000_000)
     generator_cpus: float = Field(1.0, gt=0.0)
     scorer_cpus: float = Field(1.0, gt=0.0)
@@ -272,7 +275,9 @@ class DeliberationConfig(_Strict):
     """Deliberated inference (evaluation suite and Serve)."""
 
     refine_turns: int = Field(1, ge=0, le=8)
-    routing: Literal["controller", "random", "fixed"] = "controller"  # what Serve uses
+    # what Serve routes by; auto: the route the run's evaluation suite measured best, else the
+    # run's controller, else fixed roles (coalition/method/suite.choose_route)
+    routing: Literal["auto", "controller", "random", "fixed"] = "auto"
     seed: Seed = 0
 
 

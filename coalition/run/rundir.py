@@ -363,6 +363,31 @@ class RunDir:
         """What ``jobs/evaluate.py`` writes beside a run (suite, discussion)."""
         return self.path / "evaluation"
 
+    @property
+    def suite_file(self) -> Path:
+        """The evaluation suite's summary (``jobs/evaluate.py method=suite``)."""
+        return self.evaluation_dir / "summary.json"
+
+    def suite(self) -> dict[str, Any] | None:
+        """The evaluation suite's summary, or None where the suite has not run on this run."""
+        if not self.suite_file.exists():
+            return None
+        try:
+            summary = json.loads(self.suite_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(
+                f"{self.suite_file} is damaged ({e}); rerun the suite (method=suite) or delete it"
+            ) from e
+        if not isinstance(summary, dict) or summary.get("method") != "suite":
+            raise ConfigError(f"{self.suite_file} is not an evaluation suite's summary")
+        return summary
+
+    def expects_controller(self, cfg: Config) -> bool:
+        """Whether the run has a trained controller or is due one (its rounds scored
+        candidates and the controller stage is on)."""
+        scored = cfg.rounds and self.round_file(1, "scored.jsonl").exists()
+        return self.controller_dir.exists() or bool(cfg.controller.enabled and scored)
+
     def tensorboard(self, name: str) -> Path:
         """TensorBoard event files of one update: ``tensorboard --logdir <run_dir>/tensorboard``."""
         return (self.path / "tensorboard" / name).resolve()

@@ -100,6 +100,16 @@ def test_saie_job_then_a_discussion_of_its_learner(tmp_path):
     talked = json.loads((tmp_path / "evaluation" / "discussion-2x1" / "summary.json").read_text())
     assert talked["agents"] == ["learner", "learner"] and talked["models"] == "learner v2"
     assert len(talked["majority_per_round"]) == 2
+    # the same recipe in one process (ray.in_process): the same exchanges and accuracies
+    local = tmp_path.parent / f"{tmp_path.name}-in-process"
+    run_job(REPO / "jobs/saie.py", "--config", SMOKE, f"run_dir={local}", "saie.pool=8",
+            "saie.remark_tokens=8", "ray.in_process=true")  # fmt: skip
+    for run in (tmp_path, local):
+        assert (run / "round1" / "exchanges.jsonl").exists()
+    exchanges = (local / "round1" / "exchanges.jsonl").read_text()
+    assert exchanges == (tmp_path / "round1" / "exchanges.jsonl").read_text()
+    in_process = json.loads((local / "summary.json").read_text())
+    assert in_process["accuracy"] == summary["accuracy"] and not (local / "ray_train").exists()
 
 
 def test_ablate_arms_share_one_warmup_and_what_else_they_agree_on(tmp_path):

@@ -143,6 +143,33 @@ def test_kill_9_mid_stage_then_rerun_resumes_to_same_pairs(reference_run, tmp_pa
         assert got == (reference_run / "round1" / f"{name}.jsonl").read_text()
 
 
+def test_the_same_run_in_one_process_reaches_the_same_pairs(reference_run, tmp_path):
+    """``ray.in_process=true``: no Ray, the same recipe on in-process workers (a round a
+    debugger can step through). Same seed: the same samples and pairs, utilities within the
+    scorer's 1e-3 relative tolerance, the same held-out accuracies."""
+    proc = subprocess.run([*TRAIN, f"run_dir={tmp_path}", "ray.in_process=true"], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Ray instance" not in proc.stdout + proc.stderr and not (tmp_path / "ray_train").exists()
+    for name in ("drafts", "refinements"):
+        got = (tmp_path / "round1" / f"{name}.jsonl").read_text()
+        assert got == (reference_run / "round1" / f"{name}.jsonl").read_text()
+
+    def pairs(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "round1" / "pairs.jsonl").open()]
+
+    mine, ref = pairs(tmp_path), pairs(reference_run)
+    assert len(mine) == len(ref) > 0
+    for a, b in zip(mine, ref, strict=True):
+        for key, value in b.items():
+            if key.startswith("u_"):
+                assert a[key] == pytest.approx(value, rel=1e-3), key
+            else:
+                assert a[key] == value, key
+    accuracy = json.loads((tmp_path / "summary.json").read_text())["accuracy"]
+    assert accuracy == json.loads((reference_run / "summary.json").read_text())["accuracy"]
+
+
 def test_rerun_with_other_settings_is_refused(reference_run):
     proc = subprocess.run(
         [*TRAIN, f"run_dir={reference_run}", "sro.beta=0.5"],
@@ -179,6 +206,11 @@ def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
     assert "oracle" in summary["controller_vs"]
     assert (run_dir / "evaluation" / "methods.png").stat().st_size > 1000
     assert "controller routing" in proc.stdout
+    best = summary["serving_route"]["method"]  # the most accurate route on the variants
+    assert methods[best]["accuracy"] == max(
+        m["accuracy"] for k, m in methods.items() if k not in ("base direct", "base cot", "oracle")
+    )
+    assert f"serving route (deliberation.routing=auto): {best}" in proc.stdout
 
     talk = [sys.executable, str(REPO / "jobs/evaluate.py"), f"run_dir={run_dir}",
             "method=discussion", "agents=3", "rounds=1"]  # fmt: skip
@@ -209,6 +241,8 @@ def test_evaluate_suite_then_serve_the_trained_run(reference_run, tmp_path):
             r = requests.post(f"{url}/v1/solve", json={"question": "What is 2 + 3?"}, timeout=120)
             assert r.status_code == 200, r.text
             assert r.json()["version"] == 2 and r.json()["generator"] in {"v0", "v1"}
+            info = requests.get(f"{url}/v1/info", timeout=30).json()  # routing=auto by default
+            assert info["routing"] == best and "best measured" in info["routing_why"]
         finally:
             server.send_signal(signal.SIGINT)
             code = server.wait(timeout=120)

@@ -68,10 +68,11 @@ def test_serve_on_a_port_in_use(train_run):
 
 
 def test_serve_without_a_controller_says_what_to_do(run):
-    shutil.rmtree(run / "controller")
+    shutil.rmtree(run / "controller")  # a run without one serves fixed roles unless told
     refused(
-        serve(f"run_dir={run}"), "no trained controller", "jobs/train.py run_dir=", "routing=fixed"
-    )
+        serve(f"run_dir={run}", "deliberation.routing=controller"),
+        "no trained controller", "jobs/train.py run_dir=", "routing=fixed",
+    )  # fmt: skip
 
 
 def test_serve_with_a_damaged_controller(run):
