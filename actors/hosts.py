@@ -51,13 +51,11 @@ class _EngineHost:
         self.host.engine.wake()
 
     def generate(
-        self, key: str | None, prompts: list[str], params: SamplingParams, expect: int | None
+        self, key: str, prompts: list[str], params: SamplingParams, expect: int | None
     ) -> list[list[Any]]:
         return self.host.generate(key, prompts, params, expect)
 
-    def utilities(
-        self, keys: list[str | None], prompts: list[str], targets: list[str]
-    ) -> list[float]:
+    def utilities(self, keys: list[str], prompts: list[str], targets: list[str]) -> list[float]:
         return self.host.utilities(keys, prompts, targets)
 
     def features(self, prompts: list[str]) -> list[list[float]]:
@@ -65,7 +63,7 @@ class _EngineHost:
 
     def evaluate(
         self,
-        key: str | None,
+        key: str,
         task_spec: dict[str, Any],
         examples: list[Example],
         method: str,

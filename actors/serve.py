@@ -95,7 +95,7 @@ class VariantModels:
             state, _, _ = load_state(run.state(key, self.version))
             self.workers.push(key, state, self.version)
 
-    def generate(self, jobs: dict[str | None, list[str]], params: SamplingParams) -> Any:
+    def generate(self, jobs: dict[str, list[str]], params: SamplingParams) -> Any:
         return self.workers.generate(jobs, params)
 
     def features(self, prompts: list[str]) -> list[list[float]]:

@@ -18,8 +18,9 @@ from actors.training import train_with
 from coalition.engines import EngineSpec
 from coalition.engines.base import SamplingParams
 from coalition.engines.weightsync import Channel, fingerprint, host_store
-from coalition.groups.workers import Workers, scorer_keys, variant_key
+from coalition.groups.workers import Workers, scorer_keys
 from coalition.method.training import State, StepSettings, lora_spec
+from coalition.method.variants import BASE, variant_key
 from coalition.run.config import Config
 
 
@@ -109,10 +110,10 @@ class RayWorkers(Workers):
 
     # the base model answers from the scorer (LoRA: adapters disabled); a full-weights scorer
     # keeps the base only while it scores with it
-    def _host_for(self, key: str | None) -> HostHandle:
-        if key is not None:
+    def _host_for(self, key: str) -> HostHandle:
+        if key != BASE:
             return self.gens[key]
-        if self.mode == "lora" or self.scorer_keys == [None]:
+        if self.mode == "lora" or self.scorer_keys == [BASE]:
             return self.scorer
         raise ValueError("base-model generation needs variants.mode: lora or scorer: base")
 
@@ -123,11 +124,11 @@ class RayWorkers(Workers):
         calls, owners, sizes = [], [], []
         for key, prompts in jobs.items():
             for chunk in self._chunks(prompts):
-                expect = self._expected.get(key) if key else None
+                expect = self._expected.get(key)
                 calls.append(self._host_for(key).generate(key, chunk, params, expect))
                 owners.append(key)
                 sizes.append(len(chunk) * params.n)
-        out: dict[str | None, list[Any]] = {key: [] for key in jobs}
+        out: dict[str, list[Any]] = {key: [] for key in jobs}
         for key, result in zip(owners, gather(calls, sizes, "generations"), strict=True):
             out[key].extend(result)
         return out
@@ -144,21 +145,21 @@ class RayWorkers(Workers):
         return [u for part in gather(calls, sizes, "scores") for u in part]
 
     def features(self, prompts):
-        host = self._host_for(None)  # the frozen base
+        host = self._host_for(BASE)  # the frozen base
         calls = [host.features(chunk) for chunk in self._chunks(prompts)]
         return [f for part in gather(calls) for f in part]
 
     def evaluate(self, keys, task_spec, examples, method, params, chat):
         calls, owners, sizes = [], [], []
         for key in keys:
-            expect = self._expected.get(key) if key else None
+            expect = self._expected.get(key)
             for i in range(0, len(examples), self.chunk):
                 chunk = examples[i : i + self.chunk]
                 host = self._host_for(key)
                 calls.append(host.evaluate(key, task_spec, chunk, method, params, chat, expect))
                 owners.append(key)
                 sizes.append(len(chunk))
-        out: dict[str | None, list[Any]] = {key: [] for key in keys}
+        out: dict[str, list[Any]] = {key: [] for key in keys}
         for key, result in zip(owners, gather(calls, sizes, "questions"), strict=True):
             out[key].extend(result)
         return out

@@ -113,8 +113,8 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     a SAIE learner or distilled student, or the base model."""
     from actors.team import RayTeam
     from coalition.engines.models import resolve
-    from coalition.groups.team import Bound, Member
-    from coalition.method.variants import variant_key
+    from coalition.groups.team import Member
+    from coalition.method.variants import BASE, variant_key
     from coalition.run.rundir import RunDir
 
     path = resolve(cfg.model.name_or_path)
@@ -139,8 +139,8 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
                 cfg, [Member(name, path, trained=True)], run_dir / "ray_train", trainers=False
             )
             run.serve_states(team, {name: version})
-            return Bound(team, {name: name}), [name] * n, team.close, f"{name} v{version}"
+            return team, [name] * n, team.close, f"{name} v{version}"
     if run_dir is not None:
         raise ConfigError(f"run_dir {run_dir}: no trained models there to discuss with")
-    team = RayTeam(cfg, [Member("base", path)], Path("runs") / "ray_train", trainers=False)
-    return Bound(team, {None: "base"}), [None] * n, team.close, cfg.model.name_or_path
+    team = RayTeam(cfg, [Member(BASE, path)], Path("runs") / "ray_train", trainers=False)
+    return team, [BASE] * n, team.close, cfg.model.name_or_path

@@ -1,4 +1,24 @@
-"""Model groups: the named models a recipe generates, scores and trains with, in one process or behind Ray actors (the Ray side lives in actors/)."""
+"""Model groups: the named models a recipe generates, scores and trains with, in one process or
+behind Ray actors (the Ray side lives in actors/). Every group names its plain base model
+``"base"`` (:data:`coalition.method.variants.BASE`)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from coalition.engines.base import Generation, SamplingParams
+
+
+class Generating(Protocol):
+    """What every model group offers the inference methods (deliberation, discussion, Serve):
+    batched generation for several named models at once, and the tokenizer prompts are
+    rendered with."""
+
+    tokenizer: Any
+
+    def generate(
+        self, jobs: dict[str, list[str]], params: SamplingParams
+    ) -> dict[str, list[list[Generation]]]: ...
 
 
 def prepare_in_process(generator_cpus: float) -> None:

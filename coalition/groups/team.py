@@ -7,8 +7,8 @@ members are the plain model. Members on the same path share one engine, so a stu
 base, or a learner and a same-base partner, cost one model in memory.
 
 :class:`LocalTeam` runs everything in this process (unit tests); ``actors.team.RayTeam`` hosts
-each engine in a Ray actor and runs updates under Ray Train. Both implement the
-generation by name, so multi-agent discussion runs on either (through :class:`Bound`).
+each engine in a Ray actor and runs updates under Ray Train. Both are
+:class:`coalition.groups.Generating`, so multi-agent discussion runs on either.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from coalition.engines import EngineSpec
 from coalition.engines.base import Generation, LoraSpec, SamplingParams
 from coalition.method import training
 from coalition.method.training import State, StepSettings
-from coalition.method.variants import VariantHost
+from coalition.method.variants import BASE, VariantHost
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,17 @@ def host_name(member: Member, mode: str) -> str:
     return f"{member.path}#{member.name}" if member.trained and mode == "full" else member.path
 
 
-def adapter_of(member: Member) -> str | None:
-    """The key a host serves ``member`` under (None: the plain model)."""
-    return member.name if member.trained else None
+def adapter_of(member: Member) -> str:
+    """The key a host serves ``member`` under (:data:`BASE`: the plain model)."""
+    return member.name if member.trained else BASE
 
 
 def check_members(members: Sequence[Member]) -> dict[str, Member]:
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise ValueError(f"member names must be unique: {names}")
+    if any(m.trained and m.name == BASE for m in members):
+        raise ValueError(f"a trained member cannot be called {BASE!r} (the plain model's name)")
     return {m.name: m for m in members}
 
 
@@ -61,6 +63,11 @@ class Team(ABC):
     @abstractmethod
     def tokenizer_of(self, name: str) -> Any:
         """The tokenizer ``name`` reads (members on different paths may differ)."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first member's tokenizer (what an inference method renders prompts with)."""
+        return self.tokenizer_of(next(iter(self.members)))
 
     @abstractmethod
     def generate(
@@ -102,19 +109,6 @@ class Team(ABC):
         if not member.trained:
             raise ValueError(f"member {name!r} is frozen; only trained members take updates")
         return member
-
-
-class Bound:
-    """Team members under the keys a caller uses (``coalition.method.discussion.Generators``: the
-    base is ``None`` there); generation only."""
-
-    def __init__(self, team: Team, keys: dict[Any, str]):
-        self.team, self.keys = team, keys
-        self.tokenizer = team.tokenizer_of(next(iter(keys.values())))
-
-    def generate(self, jobs, params):
-        outs = self.team.generate({self.keys[k]: v for k, v in jobs.items()}, params)
-        return {k: outs[self.keys[k]] for k in jobs}
 
 
 class LocalTeam(Team):

@@ -2,7 +2,7 @@
 
 The recipe (``coalition/recipes/sro.py``) talks only to :class:`Workers`. Keys name the
 models: ``"v0" … "v{K-1}"`` for the variants, ``"ift"`` for the all-data scorer model, and
-``None`` for the frozen base. Two implementations:
+``"base"`` for the frozen base. Two implementations:
 
 - :class:`LocalWorkers` — everything in this process (tests, the one-process benchmark);
 - ``actors.workers.RayWorkers`` — a GeneratorActor per variant, a ScorerActor, updates as Ray
@@ -19,13 +19,13 @@ from coalition.engines import EngineSpec
 from coalition.engines.base import Generation, LoraSpec, SamplingParams
 from coalition.method import training
 from coalition.method.training import State, StepSettings
-from coalition.method.variants import VariantHost, variant_key
+from coalition.method.variants import BASE, VariantHost, variant_key
 
 
-def scorer_keys(kind: str, count: int) -> list[str | None]:
+def scorer_keys(kind: str, count: int) -> list[str]:
     """Which models' utilities the scorer averages: the base, every variant, or M_IFT."""
     if kind == "base":
-        return [None]
+        return [BASE]
     if kind == "variants_mean":
         return [variant_key(k) for k in range(count)]
     if kind == "ift_all":
@@ -42,8 +42,8 @@ class Workers(ABC):
 
     @abstractmethod
     def generate(
-        self, jobs: dict[str | None, list[str]], params: SamplingParams
-    ) -> dict[str | None, list[list[Generation]]]:
+        self, jobs: dict[str, list[str]], params: SamplingParams
+    ) -> dict[str, list[list[Generation]]]:
         """Generate for several models at once (key → prompts), each with its current version."""
 
     @abstractmethod
@@ -57,13 +57,13 @@ class Workers(ABC):
     @abstractmethod
     def evaluate(
         self,
-        keys: list[str | None],
+        keys: list[str],
         task_spec: dict[str, Any],
         examples: list[Example],
         method: str,
         params: SamplingParams,
         chat: bool,
-    ) -> dict[str | None, list[Prediction]]:
+    ) -> dict[str, list[Prediction]]:
         """Held-out predictions for each model in ``keys``."""
 
     @abstractmethod
@@ -112,29 +112,27 @@ class LocalWorkers(Workers):
         self.engine = engine or EngineSpec()
         self.dtype = self.engine.dtype
         self.scorer_keys = scorer_keys(scorer, count)
-        self._hosts: dict[str | None, VariantHost] = {}
+        self._hosts: dict[str, VariantHost] = {}
         self._expected: dict[str, int] = {}
         base = self._new_host()
         self.tokenizer = base.tokenizer
-        self._hosts[None] = base
+        self._hosts[BASE] = base
 
     def _new_host(self) -> VariantHost:
         engine = self.engine.open(self.base_path, lora=self.mode == "lora")
         return VariantHost(engine, self.mode, self.spec)
 
-    def _host(self, key: str | None) -> VariantHost:
+    def _host(self, key: str) -> VariantHost:
         # LoRA: every adapter lives on the one base engine; full: one engine per model.
-        if key is None or self.mode == "lora":
-            return self._hosts[None]
+        if key == BASE or self.mode == "lora":
+            return self._hosts[BASE]
         if key not in self._hosts:
             self._hosts[key] = self._new_host()
         return self._hosts[key]
 
     def generate(self, jobs, params):
         return {
-            key: self._host(key).generate(
-                key, prompts, params, self._expected.get(key) if key else None
-            )
+            key: self._host(key).generate(key, prompts, params, self._expected.get(key))
             for key, prompts in jobs.items()
         }
 
@@ -142,10 +140,10 @@ class LocalWorkers(Workers):
         if self.mode == "full":
             cols = [self._host(k).utilities([k], prompts, targets) for k in self.scorer_keys]
             return [sum(c) / len(c) for c in zip(*cols, strict=True)]
-        return self._hosts[None].utilities(self.scorer_keys, prompts, targets)
+        return self._hosts[BASE].utilities(self.scorer_keys, prompts, targets)
 
     def features(self, prompts):
-        return self._hosts[None].features(prompts)
+        return self._hosts[BASE].features(prompts)
 
     def evaluate(self, keys, task_spec, examples, method, params, chat):
         return {

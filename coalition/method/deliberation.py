@@ -16,26 +16,22 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.data.tasks.base import Task
 from coalition.engines.base import Generation, SamplingParams
+from coalition.groups import Generating
 from coalition.method.controller import Controller
 from coalition.method.evaluation import ANSWER_TOKENS
+from coalition.method.variants import BASE
 
-Key = str | None  # a variant ("v0" …) or None for the base model
+Key = str  # a model of the group: a variant ("v0" …) or "base" (coalition.method.variants.BASE)
 
 
-class Models(Protocol):
-    """What deliberation needs: batched generation per model, and base-model features."""
-
-    tokenizer: Any
-
-    def generate(
-        self, jobs: dict[Key, list[str]], params: SamplingParams
-    ) -> dict[Key, list[list[Generation]]]: ...
+class Models(Generating, Protocol):
+    """What deliberation needs: a model group's generation, and base-model features."""
 
     def features(self, prompts: list[str]) -> list[list[float]]: ...
 
@@ -167,7 +163,7 @@ def deliberate(
     cost = [0.0] * n
     tokens = [0] * n
     texts = [render("rationale", ex) for ex in examples]
-    writers: list[Key] = [None] * n
+    writers: list[Key] = [BASE] * n  # who wrote the draft so far (none yet)
     drafts: list[str] = [""] * n
     trail: list[list[str]] = [[] for _ in range(n)]
     for turn in range(refine_turns + 1):
@@ -184,7 +180,7 @@ def deliberate(
             drafts[i] = gen.text
             tokens[i] += gen.tokens
             cost[i] += secs
-            trail[i].append(_name(writers[i]))
+            trail[i].append(writers[i])
     answer_texts = [
         render("answer_given_rationale", ex, d) for ex, d in zip(examples, drafts, strict=True)
     ]
@@ -241,7 +237,7 @@ def direct(
         prompts.render(prompts.build("answer", ex.question, task.answer_format), tok, chat)
         for ex in examples
     ]
-    name = _name(key)
+    name = key
     # the "answer" mode writes "The answer is …" itself
     return [
         _outcome(task, ex, f"{name} direct", [name], "", gen.text, gen.tokens, secs)
@@ -264,7 +260,3 @@ def oracle(paths: Sequence[Sequence[Outcome]], name: str = "oracle") -> list[Out
             )
         )
     return out
-
-
-def _name(key: Key) -> str:
-    return key or "base"

@@ -15,24 +15,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar
 
 from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.data.tasks.base import Task
-from coalition.engines.base import Generation, SamplingParams
-from coalition.method.deliberation import Key
+from coalition.engines.base import SamplingParams
+from coalition.groups import Generating
 from coalition.method.evaluation import ANSWER_TOKENS
-
-
-class Generators(Protocol):
-    """What discussion needs: batched generation per model key, and the prompts' tokenizer."""
-
-    tokenizer: Any
-
-    def generate(
-        self, jobs: dict[Key, list[str]], params: SamplingParams
-    ) -> dict[Key, list[list[Generation]]]: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +53,7 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return next(a for a in given if counts[a] == top)
 
 
-def seats(agents: Sequence[Key]) -> list[int]:
+def seats(agents: Sequence[str]) -> list[int]:
     """Each agent's occurrence index among agents on the same model (its sampling seed offset)."""
     seen: Counter = Counter()
     out = []
@@ -74,10 +64,10 @@ def seats(agents: Sequence[Key]) -> list[int]:
 
 
 def discuss(
-    models: Generators,
+    models: Generating,
     task: Task,
     examples: Sequence[Example],
-    agents: Sequence[Key],
+    agents: Sequence[str],
     rounds: int,
     params: SamplingParams,
     chat: bool = True,
@@ -145,8 +135,8 @@ def discuss(
 
 
 def _call(
-    models: Generators,
-    agents: Sequence[Key],
+    models: Generating,
+    agents: Sequence[str],
     seat: list[int],
     texts: list[list[str]],
     params: SamplingParams,

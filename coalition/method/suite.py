@@ -27,6 +27,7 @@ from coalition.method.deliberation import (
     direct,
     oracle,
 )
+from coalition.method.variants import BASE
 from coalition.run import stats
 from coalition.run.config import ConfigError
 
@@ -75,8 +76,8 @@ def run_suite(
 ) -> dict[str, list[Outcome]]:
     """Outcomes per method, in a fixed order (base first, oracle last)."""
     results: dict[str, list[Outcome]] = {}
-    results["base direct"] = direct(steps, task, examples, None, chat)
-    results["base cot"] = deliberate(steps, task, examples, Fixed("base cot", None), 0, chat)
+    results["base direct"] = direct(steps, task, examples, BASE, chat)
+    results["base cot"] = deliberate(steps, task, examples, Fixed("base cot", BASE), 0, chat)
     for router, turns in routers(keys, refine_turns, controller, seed):
         log(f"[suite] {router.name} …")
         results[router.name] = deliberate(steps, task, examples, router, turns, chat)

@@ -16,6 +16,8 @@ from coalition.engines.base import Engine, Generation, LoraSpec, SamplingParams
 from coalition.method.evaluation import evaluate
 from coalition.method.scoring import mean_utility
 
+BASE = "base"  # the frozen base model's name in every model group (no adapter, never trained)
+
 
 def variant_key(k: int) -> str:
     """Variant ``k``'s name: its states, adapter and actor are called ``v{k}``."""
@@ -56,8 +58,8 @@ class VariantHost:
             return {key: self.engine.versions()["weights"]} if key else {}
         return self.engine.versions()
 
-    def _adapter(self, key: str | None, expect_version: int | None) -> str | None:
-        if key is None:
+    def _adapter(self, key: str, expect_version: int | None) -> str | None:
+        if key == BASE:
             return None
         served = self.version(key)
         if served is None:
@@ -70,17 +72,15 @@ class VariantHost:
 
     def generate(
         self,
-        key: str | None,
+        key: str,
         prompts: list[str],
         params: SamplingParams,
         expect_version: int | None = None,
     ) -> list[list[Generation]]:
-        """Generate with variant ``key`` (the base when None), refusing a stale version."""
+        """Generate with variant ``key`` (or :data:`BASE`), refusing a stale version."""
         return self.engine.generate(prompts, params, self._adapter(key, expect_version))
 
-    def utilities(
-        self, keys: Sequence[str | None], prompts: list[str], targets: list[str]
-    ) -> list[float]:
+    def utilities(self, keys: Sequence[str], prompts: list[str], targets: list[str]) -> list[float]:
         """U of each (prompt, target), averaged over the scorer models ``keys``."""
         per_key = [self.engine.score(prompts, targets, self._adapter(k, None)) for k in keys]
         return [mean_utility(list(col)) for col in zip(*per_key, strict=True)]
@@ -91,7 +91,7 @@ class VariantHost:
 
     def evaluate(
         self,
-        key: str | None,
+        key: str,
         task_spec: dict[str, Any],
         examples: list[Example],
         method: str,

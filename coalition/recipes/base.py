@@ -97,7 +97,7 @@ class Recipe:
         )
         out = {}
         for key, rows in preds.items():
-            name = key or "base"
+            name = key
             write_records(self.dir.eval_file(tag, name), rows)
             acc = stats.accuracy(
                 [p.correct for p in rows], self.cfg.evaluate.bootstrap, self.cfg.seed

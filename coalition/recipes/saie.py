@@ -35,6 +35,7 @@ from coalition.engines.models import resolve
 from coalition.groups.team import Member, Team
 from coalition.method import warmup
 from coalition.method.training import settings_from
+from coalition.method.variants import BASE
 from coalition.recipes.base import Log, Recipe
 from coalition.run import progress
 from coalition.run.checkpoints import load_state
@@ -42,7 +43,7 @@ from coalition.run.config import Config
 from coalition.run.preflight import check_train_size
 from coalition.run.rundir import read_records, write_json, write_records
 
-LEARNER, PARTNER, BASE = "learner", "partner", "base"
+LEARNER, PARTNER = "learner", "partner"
 BASELINE = "baseline"  # saved states of the plain-SFT baseline (``saie.baseline``)
 BASELINE_VERSION = 1_000_000  # + round: the version the learner's adapter serves it under
 _INT = re.compile(r"-?\d+")

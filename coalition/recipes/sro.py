@@ -22,11 +22,12 @@ from typing import Any
 from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.engines import sampling
-from coalition.groups.workers import Workers, variant_key
+from coalition.groups.workers import Workers
 from coalition.method import controller as C
 from coalition.method import pairs as P
 from coalition.method import scoring, warmup
 from coalition.method.training import settings_from
+from coalition.method.variants import BASE, variant_key
 from coalition.recipes.base import Log, Recipe
 from coalition.run import progress, stats
 from coalition.run.checkpoints import load_state
@@ -78,7 +79,7 @@ class Run(Recipe):
 
         def sample_base(examples: list[Example], params: Any) -> list[Any]:
             texts = [self.render("rationale", ex) for ex in examples]
-            return self.workers.generate({None: texts}, params)[None]
+            return self.workers.generate({BASE: texts}, params)[BASE]
 
         params = sampling(self.cfg.generation, self.cfg.seed)
         items, missing, source = warmup.source(
@@ -148,7 +149,7 @@ class Run(Recipe):
         pool = {ex.id: ex for ex in self.pool(r)}
         drafts = {(c.qid, c.variant): c for c in self._read(r, "drafts") if c.sample == 0}
         _, _, ref_owner = self.layout(r)
-        jobs: dict[str | None, list[str]] = {key: [] for key in self.keys}
+        jobs: dict[str, list[str]] = {key: [] for key in self.keys}
         meta: dict[str, list[tuple[str, int]]] = {key: [] for key in self.keys}
         for qid, owner in sorted(ref_owner.items()):
             guide = P.guide_of(owner, self.K, self.cfg.refine)
@@ -305,7 +306,7 @@ class Run(Recipe):
 
     def run(self) -> dict[str, Any]:
         if self.cfg.evaluate.include_base:
-            self.stage("eval/base", lambda: self.evaluate("base", [None]))
+            self.stage("eval/base", lambda: self.evaluate("base", [BASE]))
         self.stage("warmup/data", self.warmup_items)
         warm_keys = self.keys + (["ift"] if self.cfg.scorer == "ift_all" else [])
         self.stages(

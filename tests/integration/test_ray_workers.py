@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from coalition.engines.base import SamplingParams
+from coalition.method.variants import BASE
 from coalition.run import config
 from tests.conftest import SMOKE, lora_state
 
@@ -32,7 +33,7 @@ def workers(ray_session, tiny_path, tmp_path):
 def test_push_is_versioned_and_confirmed_by_every_actor(workers, tiny_path):
     prompts = [f"Question: {i} + {i}?" for i in range(4)]
     params = SamplingParams(max_new_tokens=8)
-    base = workers.generate({None: prompts}, params)[None]
+    base = workers.generate({BASE: prompts}, params)[BASE]
     workers.push("v0", lora_state(tiny_path, 1), 1)
     workers.push("v1", lora_state(tiny_path, 2), 1)
     assert workers.actor_versions() == {

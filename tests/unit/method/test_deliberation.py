@@ -19,6 +19,7 @@ from coalition.method.deliberation import (
 )
 from coalition.method.evaluation import evaluate
 from coalition.method.suite import compare, rows, run_suite
+from coalition.method.variants import BASE
 from tests.conftest import two_variant_workers
 
 PARAMS = SamplingParams(max_new_tokens=12)
@@ -53,7 +54,7 @@ def test_a_variant_alone_is_exactly_cot_evaluation(workers, task_and_examples):
 
 def test_direct_matches_direct_evaluation(workers, task_and_examples, tiny_engine):
     task, examples = task_and_examples
-    outs = direct(Steps(workers, PARAMS), task, examples, None)
+    outs = direct(Steps(workers, PARAMS), task, examples, BASE)
     preds = evaluate(tiny_engine, task, examples, "direct", PARAMS)
     assert [o.output for o in outs] == [p.output for p in preds]
 

@@ -52,7 +52,7 @@ def test_majority_ignores_silence_and_breaks_ties_by_the_earlier_agent():
 
 
 def test_seats_count_agents_per_model():
-    assert seats(["v0", "v1", "v0", None, "v0"]) == [0, 0, 1, 0, 2]
+    assert seats(["v0", "v1", "v0", "base", "v0"]) == [0, 0, 1, 0, 2]
 
 
 def test_one_greedy_agent_without_rounds_is_cot_evaluation(workers, task_and_examples):
