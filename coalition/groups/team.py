@@ -13,16 +13,15 @@ each engine in a Ray actor and runs updates under Ray Train. Both are
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coalition.data.records import Example, Prediction
 from coalition.engines import EngineSpec
-from coalition.engines.base import Generation, LoraSpec, SamplingParams
+from coalition.engines.base import LoraSpec
+from coalition.groups.group import Group
 from coalition.method import training
-from coalition.method.training import State, StepSettings
 from coalition.method.variants import BASE, VariantHost
 
 
@@ -54,11 +53,10 @@ def check_members(members: Sequence[Member]) -> dict[str, Member]:
     return {m.name: m for m in members}
 
 
-class Team(ABC):
-    """Generation, evaluation, updates and weight pushes for named members."""
+class Team(Group):
+    """A two-model recipe's group: its members by name, each on the engine of its path."""
 
     members: dict[str, Member]
-    parallel_updates: bool = False
 
     @abstractmethod
     def tokenizer_of(self, name: str) -> Any:
@@ -68,41 +66,6 @@ class Team(ABC):
     def tokenizer(self) -> Any:
         """The first member's tokenizer (what an inference method renders prompts with)."""
         return self.tokenizer_of(next(iter(self.members)))
-
-    @abstractmethod
-    def generate(
-        self, jobs: dict[str, list[str]], params: SamplingParams
-    ) -> dict[str, list[list[Generation]]]:
-        """Generate for several members at once (name → prompts), each at its pushed version."""
-
-    @abstractmethod
-    def evaluate(
-        self,
-        names: list[str],
-        task_spec: dict[str, Any],
-        examples: list[Example],
-        method: str,
-        params: SamplingParams,
-        chat: bool,
-    ) -> dict[str, list[Prediction]]:
-        """Held-out predictions of each member in ``names``."""
-
-    @abstractmethod
-    def train(
-        self, kind: str, name: str, state: State | None, rows: list[dict[str, str]], s: StepSettings
-    ) -> tuple[State, dict[str, float]]:
-        """One SFT or DPO update of trained member ``name`` starting from ``state``."""
-
-    @abstractmethod
-    def push(self, name: str, state: State, version: int) -> None:
-        """Serve ``state`` as member ``name`` at ``version`` (confirmed by its host)."""
-
-    @abstractmethod
-    def versions(self) -> dict[str, int]:
-        """The version each trained member is served at."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
 
     def trained(self, name: str) -> Member:
         member = self.members[name]
@@ -163,10 +126,10 @@ class LocalTeam(Team):
             for name in names
         }
 
-    def train(self, kind, name, state, rows, s):
+    def train(self, kind, name, state, rows, settings):
         member = self.trained(name)
         return training.run_update(
-            kind, member.path, self.mode, self.spec, state, rows, s, self.dtype
+            kind, member.path, self.mode, self.spec, state, rows, settings, self.dtype
         )
 
     def push(self, name, state, version):
@@ -183,7 +146,7 @@ class LocalTeam(Team):
 def local_team(cfg: Any, members: Sequence[Member]) -> LocalTeam:
     """A recipe's team in this process (``ray.in_process: true``), with the torch threads one
     generator actor gets, so its numerics and samples match the Ray run's."""
-    from coalition.groups import prepare_in_process
+    from coalition.groups.group import prepare_in_process
     from coalition.method.training import lora_spec
 
     prepare_in_process(cfg.ray.generator_cpus)

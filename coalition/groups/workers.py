@@ -11,14 +11,13 @@ models: ``"v0" … "v{K-1}"`` for the variants, ``"ift"`` for the all-data score
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any
 
-from coalition.data.records import Example, Prediction
 from coalition.engines import EngineSpec
-from coalition.engines.base import Generation, LoraSpec, SamplingParams
+from coalition.engines.base import LoraSpec
+from coalition.groups.group import Group
 from coalition.method import training
-from coalition.method.training import State, StepSettings
 from coalition.method.variants import BASE, VariantHost, variant_key
 
 
@@ -33,18 +32,9 @@ def scorer_keys(kind: str, count: int) -> list[str]:
     raise ValueError(f"scorer: {kind!r}; allowed: ift_all, variants_mean, base")
 
 
-class Workers(ABC):
-    """Generation, scoring, evaluation, updates and weight pushes for one run."""
-
-    tokenizer: Any
-    #: whether independent updates may run at once (they run in their own processes)
-    parallel_updates: bool = False
-
-    @abstractmethod
-    def generate(
-        self, jobs: dict[str, list[str]], params: SamplingParams
-    ) -> dict[str, list[list[Generation]]]:
-        """Generate for several models at once (key → prompts), each with its current version."""
+class Workers(Group):
+    """A COALITION run's group: the variants, the scorer's models and the base; beyond every
+    group's calls, the scorer's utilities and the base's features for the controller."""
 
     @abstractmethod
     def utilities(self, prompts: list[str], targets: list[str]) -> list[float]:
@@ -53,47 +43,6 @@ class Workers(ABC):
     @abstractmethod
     def features(self, prompts: list[str]) -> list[list[float]]:
         """The frozen base model's pooled hidden state of each prompt (controller features)."""
-
-    @abstractmethod
-    def evaluate(
-        self,
-        keys: list[str],
-        task_spec: dict[str, Any],
-        examples: list[Example],
-        method: str,
-        params: SamplingParams,
-        chat: bool,
-    ) -> dict[str, list[Prediction]]:
-        """Held-out predictions for each model in ``keys``."""
-
-    @abstractmethod
-    def train(
-        self,
-        kind: str,
-        key: str,
-        state: State | None,
-        rows: list[dict[str, str]],
-        settings: StepSettings,
-    ) -> tuple[State, dict[str, float]]:
-        """One SFT or DPO update of model ``key`` starting from ``state``."""
-
-    @abstractmethod
-    def push(self, key: str, state: State, version: int) -> None:
-        """Send ``state`` at ``version`` to every host serving ``key``; they confirm the version."""
-
-    @abstractmethod
-    def versions(self) -> dict[str, int]:
-        """The version each model is served at (the lowest, where several hosts serve it)."""
-
-    def actor_versions(self) -> dict[str, dict[str, int]]:
-        """What each serving host itself reports (one host in process)."""
-        return {"local": self.versions()}
-
-    def ready(self) -> None:  # noqa: B027 - optional hook
-        """Wait until everything has started (in-process workers always have)."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
 
 
 class LocalWorkers(Workers):
@@ -170,7 +119,7 @@ def local_workers(cfg: Any) -> LocalWorkers:
     """A run's workers in this process (``ray.in_process: true``), with the torch threads one
     generator actor gets, so its numerics and samples match the Ray run's."""
     from coalition.engines.models import resolve
-    from coalition.groups import prepare_in_process
+    from coalition.groups.group import prepare_in_process
     from coalition.method.training import lora_spec
 
     prepare_in_process(cfg.ray.generator_cpus)

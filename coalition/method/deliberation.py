@@ -22,7 +22,7 @@ from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.data.tasks.base import Task
 from coalition.engines.base import Generation, SamplingParams
-from coalition.groups import Generating
+from coalition.groups.group import Generating
 from coalition.method.controller import Controller
 from coalition.method.evaluation import ANSWER_TOKENS
 from coalition.method.variants import BASE

@@ -20,6 +20,7 @@ from typing import Any
 from coalition.data.tasks import from_config
 from coalition.data.tasks.base import Task
 from coalition.engines import sampling
+from coalition.groups.group import Group
 from coalition.method.training import State
 from coalition.run import progress, stats
 from coalition.run.checkpoints import save_state
@@ -30,10 +31,9 @@ Log = Callable[[str], None]
 
 
 class Recipe:
-    """Stages, metrics and evaluation of one run; ``models`` is the recipe's Workers or Team
-    (anything with ``evaluate`` and ``parallel_updates``)."""
+    """Stages, metrics and evaluation of one run on its model group (Workers or Team)."""
 
-    def __init__(self, cfg: Config, models: Any, run_dir: Path, log: Log = progress.echo):
+    def __init__(self, cfg: Config, models: Group, run_dir: Path, log: Log = progress.echo):
         self.cfg, self.workers, self.log = cfg, models, log
         self.dir = RunDir(run_dir)  # every path the recipe writes or reads
         self.manifest = Manifest(self.dir.path)
