@@ -140,12 +140,12 @@ def best_measured(summary: dict[str, Any]) -> Route:
         table = [r for r in summary["methods"] if r["method"] not in NOT_ROUTES]
         best = max(table, key=lambda r: (r["accuracy"], -r["tokens_per_question"]))
         lo, hi = best["ci95"]
-        best["n"], summary["version"]
+        n, version = best["n"], summary["version"]
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"the evaluation suite's summary is damaged ({e!r}); rerun it") from e
     why = (
-        f"best measured by the evaluation suite of version {summary['version']}: "
-        f"{best['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {best['n']} held-out questions"
+        f"best measured by the evaluation suite of version {version}: "
+        f"{best['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] on {n} held-out questions"
     )
     ctrl = next((r for r in table if r["method"] == "controller routing"), None)
     if ctrl is not None and best is not ctrl:
