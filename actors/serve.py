@@ -4,7 +4,7 @@ Two deployments:
 
 - ``VariantModels`` — one multi-adapter replica set: the frozen base with every variant's
   trained state (LoRA adapters, or full copies), generating for any variant and computing the
-  base features the controller routes on. The same :class:`LocalWorkers` the tests use.
+  base features the controller routes on. The same :class:`coalition.groups.local.LocalGroup` the tests use.
 - ``Deliberator`` — the FastAPI ingress: auth, validation, request batching (``serve.batch``),
   then :func:`coalition.method.deliberation.deliberate` on the batch — the code path the evaluation
   suite measures — with the models reached through their deployment handle.
@@ -73,7 +73,8 @@ class VariantModels:
         import torch
 
         from coalition.engines.models import resolve
-        from coalition.groups.workers import LocalWorkers
+        from coalition.groups.layout import coalition_layout
+        from coalition.groups.local import LocalGroup
         from coalition.method.training import lora_spec, threads_for
         from coalition.method.variants import variant_key
         from coalition.run.checkpoints import load_state
@@ -83,14 +84,9 @@ class VariantModels:
         cfg, self.version = run.trained()
         cfg = config_mod.override(cfg, overrides)
         torch.set_num_threads(threads_for(cfg.serve.model_cpus))
-        self.workers = LocalWorkers(
-            resolve(cfg.model.name_or_path),
-            cfg.variants.mode,
-            lora_spec(cfg.variants.lora),
-            "base",
-            cfg.variants.count,
-            EngineSpec.of(cfg),
-        )
+        path, mode = resolve(cfg.model.name_or_path), cfg.variants.mode
+        layout = coalition_layout(path, mode, "base", cfg.variants.count, in_process=True)
+        self.workers = LocalGroup(layout, lora_spec(cfg.variants.lora), EngineSpec.of(cfg))
         for key in (variant_key(k) for k in range(cfg.variants.count)):
             state, _, _ = load_state(run.state(key, self.version))
             self.workers.push(key, state, self.version)

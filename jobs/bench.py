@@ -112,10 +112,10 @@ def bench_round(cfg, run_dir: Path) -> dict:
 
     import torch
 
+    from actors.group import RayGroup
     from actors.session import init_ray
-    from actors.workers import RayWorkers
     from coalition.engines.models import resolve
-    from coalition.groups.workers import LocalWorkers
+    from coalition.groups.local import LocalGroup, run_layout
     from coalition.method.training import export_state, load_trainable, lora_spec
     from coalition.recipes.sro import Run
     from coalition.run.checkpoints import save_state
@@ -157,18 +157,14 @@ def bench_round(cfg, run_dir: Path) -> dict:
     torch.set_num_threads(threads)
     local = one(
         "local",
-        lambda folder: LocalWorkers(
-            base_path,
-            "lora",
-            spec,
-            cfg.scorer,
-            cfg.variants.count,
-            EngineSpec.of(cfg),
-        ),
+        lambda folder: LocalGroup(run_layout(cfg, in_process=True), spec, EngineSpec.of(cfg)),
     )
     init_ray(cfg)
     on_ray = one(
-        "ray", lambda folder: RayWorkers(cfg, base_path, folder / "ray_train", log=lambda _: None)
+        "ray",
+        lambda folder: RayGroup(
+            cfg, run_layout(cfg, in_process=False), folder / "ray_train", log=lambda _: None
+        ),
     )
     return {
         "pool": cfg.pool,

@@ -111,19 +111,19 @@ def discussion(argv: list[str], cfg: Config) -> int:
 def _discussants(cfg: Config, run_dir: Path | None, n: int):
     """(models, agent keys, close, label) for a discussion: a COALITION run's variants in turn,
     a SAIE learner or distilled student, or the base model."""
-    from actors.team import RayTeam
+    from actors.group import RayGroup
     from coalition.engines.models import resolve
-    from coalition.groups.team import Member
+    from coalition.groups.layout import Member, team_layout
+    from coalition.groups.local import run_layout
     from coalition.method.variants import BASE, variant_key
     from coalition.run.rundir import RunDir
 
     path = resolve(cfg.model.name_or_path)
     run = RunDir(run_dir) if run_dir is not None else None
     if run is not None and run.state(variant_key(0), 1).exists():
-        from actors.workers import RayWorkers
-
         _, version = run.trained()
-        workers = RayWorkers(cfg, path, run_dir / "ray_train", trainers=False)
+        layout = run_layout(cfg, in_process=False)
+        workers = RayGroup(cfg, layout, run_dir / "ray_train", trainers=False)
         keys = [variant_key(k) for k in range(cfg.variants.count)]
         run.serve_states(workers, dict.fromkeys(keys, version))
         return (
@@ -135,12 +135,12 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     for name in ("learner", "student"):
         if run is not None and run.state(name, 1).exists():
             version = run.latest_version([name])
-            team = RayTeam(
-                cfg, [Member(name, path, trained=True)], run_dir / "ray_train", trainers=False
-            )
+            layout = team_layout([Member(name, path, trained=True)], cfg.variants.mode)
+            team = RayGroup(cfg, layout, run_dir / "ray_train", trainers=False)
             run.serve_states(team, {name: version})
             return team, [name] * n, team.close, f"{name} v{version}"
     if run_dir is not None:
         raise ConfigError(f"run_dir {run_dir}: no trained models there to discuss with")
-    team = RayTeam(cfg, [Member(BASE, path)], Path("runs") / "ray_train", trainers=False)
+    layout = team_layout([Member(BASE, path)], cfg.variants.mode)
+    team = RayGroup(cfg, layout, Path("runs") / "ray_train", trainers=False)
     return team, [BASE] * n, team.close, cfg.model.name_or_path

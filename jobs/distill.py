@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.team import start_team
+    from actors.group import start_group
+    from coalition.groups.layout import team_layout
     from coalition.recipes.distill import Distill, build_teacher, members
 
     start = time.perf_counter()
-    team = start_team(cfg, members(cfg), run_dir, "distill")
+    team = start_group(cfg, team_layout(members(cfg), cfg.variants.mode), run_dir, "distill")
     teacher = build_teacher(cfg, team)
     try:
         summary = Distill(cfg, team, teacher, run_dir).run()

@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.team import start_team
+    from actors.group import start_group
+    from coalition.groups.layout import team_layout
     from coalition.recipes.saie import SAIE, members
 
     start = time.perf_counter()
-    team = start_team(cfg, members(cfg), run_dir, "saie")
+    team = start_group(cfg, team_layout(members(cfg), cfg.variants.mode), run_dir, "saie")
     try:
         summary = SAIE(cfg, team, run_dir).run()
     finally:

@@ -33,10 +33,10 @@ def suite(argv: list[str], cfg: Config) -> int:
     if scored:  # routes by the run's controller: refuse now if it is missing or damaged
         Controller.check(trained.controller_dir)
     rundir.lock(run_dir)  # it writes evaluation/ beside the run
+    from actors.group import RayGroup
     from actors.session import init_ray
-    from actors.workers import RayWorkers
     from coalition.data.tasks import from_config
-    from coalition.engines.models import resolve
+    from coalition.groups.local import run_layout
     from coalition.method.deliberation import Steps
     from coalition.method.suite import best_measured, compare, rows, run_suite
     from coalition.method.variants import variant_key
@@ -48,9 +48,8 @@ def suite(argv: list[str], cfg: Config) -> int:
     keys = [variant_key(k) for k in range(cfg.variants.count)]
     controller = Controller.load(trained.controller_dir) if scored else None
     init_ray(cfg, "suite")
-    workers = RayWorkers(
-        cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train", trainers=False
-    )
+    layout = run_layout(cfg, in_process=False)
+    workers = RayGroup(cfg, layout, run_dir / "ray_train", trainers=False)
     try:
         trained.serve_states(workers, dict.fromkeys(keys, version), print)
         params = replace(sampling(cfg.generation, cfg.seed), temperature=0.0, n=1)

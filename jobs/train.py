@@ -20,11 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     if run_dir is None:
         return 0
 
-    from actors.workers import start_workers
+    from actors.group import start_group
+    from coalition.groups.local import run_layout
     from coalition.recipes.sro import Run
 
     start = time.perf_counter()
-    workers = start_workers(cfg, run_dir)
+    workers = start_group(cfg, run_layout(cfg), run_dir, "train")
     try:
         summary = Run(cfg, workers, run_dir).run()
     finally:

@@ -50,8 +50,8 @@ def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str)
     :func:`sweeps.results.round_report` after the warm-up and each round."""
     from ray import tune
 
-    from actors.workers import RayWorkers
-    from coalition.engines.models import resolve
+    from actors.group import RayGroup
+    from coalition.groups.local import run_layout
     from coalition.recipes.sro import Run
     from coalition.run.cli import check_combination, check_resume
 
@@ -76,7 +76,7 @@ def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str)
         else:
             final.append(row)
 
-    workers = RayWorkers(cfg, resolve(cfg.model.name_or_path), run_dir / "ray_train")
+    workers = RayGroup(cfg, run_layout(cfg, in_process=False), run_dir / "ray_train")
     try:
         Run(cfg, workers, run_dir, on_eval=on_eval).run()
     finally:

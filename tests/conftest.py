@@ -51,10 +51,12 @@ def two_variant_workers(tiny_path: str):
     """In-process workers on the tiny model with variants v0 and v1 (random LoRA states, v1)."""
     from coalition.engines import EngineSpec
     from coalition.engines.base import LoraSpec
-    from coalition.groups.workers import LocalWorkers
+    from coalition.groups.layout import coalition_layout
+    from coalition.groups.local import LocalGroup
 
     spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    w = LocalWorkers(tiny_path, "lora", spec, "base", 2, EngineSpec(batch_size=4))
+    layout = coalition_layout(tiny_path, "lora", "base", 2, in_process=True)
+    w = LocalGroup(layout, spec, EngineSpec(batch_size=4))
     w.push("v0", lora_state(tiny_path, 1), 1)
     w.push("v1", lora_state(tiny_path, 2), 1)
     return w

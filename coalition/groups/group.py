@@ -1,9 +1,9 @@
-"""The one model-group interface: named models that generate, evaluate, train and take weight
-pushes. Every recipe, deliberation, discussion and Serve talk to a group through it; each kind
-(COALITION's :class:`coalition.groups.workers.Workers`, the two-model recipes'
-:class:`coalition.groups.team.Team`) has an in-process implementation here and a Ray one in
-``actors/``. Every group names its plain base model ``"base"``
-(:data:`coalition.method.variants.BASE`)."""
+"""The one model-group interface: named models that generate, evaluate, score, embed, train
+and take weight pushes. Every recipe, deliberation, discussion and Serve talk to a group
+through it. Where each model lives is the group's :class:`coalition.groups.layout.Layout`;
+two implementations run one: :class:`coalition.groups.local.LocalGroup` in this process and
+``actors.group.RayGroup`` on Ray actors and Ray Train. Every group names its plain base model
+``"base"`` (:data:`coalition.method.variants.BASE`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from coalition.data.records import Example, Prediction
 from coalition.engines.base import Generation, SamplingParams
+from coalition.groups.layout import Layout, Placement
 from coalition.method.training import State, StepSettings
 
 
@@ -27,9 +28,10 @@ class Generating(Protocol):
 
 
 class Group(ABC):
-    """Generation, evaluation, updates and weight pushes for named models."""
+    """Generation, evaluation, scoring, updates and weight pushes for the named models of
+    ``layout``."""
 
-    tokenizer: Any
+    layout: Layout
     #: whether independent updates may run at once (they run in their own processes)
     parallel_updates: bool = False
 
@@ -52,6 +54,14 @@ class Group(ABC):
         """Held-out predictions of each model in ``names``."""
 
     @abstractmethod
+    def utilities(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """The scorer's U for each (prompt, target), averaged over the layout's scorer models."""
+
+    @abstractmethod
+    def features(self, prompts: list[str]) -> list[list[float]]:
+        """The frozen base model's pooled hidden state of each prompt (controller features)."""
+
+    @abstractmethod
     def train(
         self,
         kind: str,
@@ -68,11 +78,24 @@ class Group(ABC):
         confirms the version)."""
 
     @abstractmethod
+    def tokenizer_of(self, name: str) -> Any:
+        """The tokenizer ``name`` reads (models on different paths may differ)."""
+
+    @abstractmethod
     def versions(self) -> dict[str, int]:
-        """The version each trained model is served at (the lowest, where several hosts serve it)."""
+        """The version each pushed model is served at."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first model's tokenizer (what an inference method renders prompts with)."""
+        return self.tokenizer_of(next(iter(self.layout.models)))
+
+    def trained(self, name: str) -> Placement:
+        """``name``'s placement; refuses a frozen model."""
+        return self.layout.trained(name)
 
     def actor_versions(self) -> dict[str, dict[str, int]]:
-        """What each serving host itself reports (one host in process)."""
+        """What each host itself reports, by host."""
         return {"local": self.versions()}
 
     def ready(self) -> None:  # noqa: B027 - optional hook
@@ -82,13 +105,12 @@ class Group(ABC):
         """Release resources."""
 
 
-def prepare_in_process(generator_cpus: float) -> None:
-    """Set this process up as a generator actor is (``ray.in_process``): its torch threads, so
-    numerics and samples match the Ray run's, and no progress bars from TRL's datasets."""
-    import datasets
-    import torch
-
-    from coalition.method.training import threads_for
-
-    torch.set_num_threads(threads_for(generator_cpus))
-    datasets.disable_progress_bars()
+def scorer_mean(columns: list[tuple[int, list[float]]]) -> list[float]:
+    """The mean U over every scorer model from each host's mean over its ``count`` models."""
+    if len(columns) == 1:
+        return columns[0][1]
+    total = sum(count for count, _ in columns)
+    return [
+        sum(count * u for count, u in zip((c for c, _ in columns), row, strict=True)) / total
+        for row in zip(*(values for _, values in columns), strict=True)
+    ]

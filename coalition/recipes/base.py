@@ -31,7 +31,7 @@ Log = Callable[[str], None]
 
 
 class Recipe:
-    """Stages, metrics and evaluation of one run on its model group (Workers or Team)."""
+    """Stages, metrics and evaluation of one run on its model group (:class:`coalition.groups.group.Group`)."""
 
     def __init__(self, cfg: Config, models: Group, run_dir: Path, log: Log = progress.echo):
         self.cfg, self.workers, self.log = cfg, models, log

@@ -20,7 +20,8 @@ from typing import Any
 from coalition.data import prompts
 from coalition.data.records import Example, Prediction
 from coalition.engines.models import resolve
-from coalition.groups.team import Member, Team
+from coalition.groups.group import Group
+from coalition.groups.layout import Member
 from coalition.method.teachers import (
     CotSample,
     EngineTeacher,
@@ -47,7 +48,7 @@ def members(cfg: Config) -> list[Member]:
     return out
 
 
-def build_teacher(cfg: Config, team: Team) -> Teacher:
+def build_teacher(cfg: Config, team: Group) -> Teacher:
     """The teacher of ``cfg.teacher``: the team's "teacher" member, or an HTTP endpoint."""
     t = cfg.teacher
     if t.kind == "hf":
@@ -105,7 +106,7 @@ class Distill(Recipe):
     """One Fine-tune-CoT run over a run directory."""
 
     def __init__(
-        self, cfg: Config, team: Team, teacher: Teacher, run_dir: Path, log: Log = progress.echo
+        self, cfg: Config, team: Group, teacher: Teacher, run_dir: Path, log: Log = progress.echo
     ):
         super().__init__(cfg, team, run_dir, log)
         self.team, self.teacher = team, teacher

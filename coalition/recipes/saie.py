@@ -32,7 +32,8 @@ from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.engines import sampling
 from coalition.engines.models import resolve
-from coalition.groups.team import Member, Team
+from coalition.groups.group import Group
+from coalition.groups.layout import Member
 from coalition.method import warmup
 from coalition.method.training import settings_from
 from coalition.method.variants import BASE
@@ -95,7 +96,7 @@ def stances(qids: list[str], ratio: float, seed: int) -> dict[str, str]:
 class SAIE(Recipe):
     """One SAIE run over a run directory."""
 
-    def __init__(self, cfg: Config, team: Team, run_dir: Path, log: Log = progress.echo):
+    def __init__(self, cfg: Config, team: Group, run_dir: Path, log: Log = progress.echo):
         super().__init__(cfg, team, run_dir, log)
         self.team = team
         self.tok = team.tokenizer_of(LEARNER)

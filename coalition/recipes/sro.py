@@ -6,7 +6,7 @@ manifest; a rerun with the same ``run_dir`` skips finished stages and reads thei
 so a crash or ``kill -9`` loses at most the stage in flight. Generation is seeded per stage, so a
 resumed run reaches the same pairs as an uninterrupted one.
 
-The recipe only talks to :class:`coalition.groups.workers.Workers`; whether those are Ray actors and
+The recipe only talks to :class:`coalition.groups.group.Group`; whether those are Ray actors and
 Ray Train jobs or in-process engines is the caller's choice.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 from coalition.data import prompts
 from coalition.data.records import Example
 from coalition.engines import sampling
-from coalition.groups.workers import Workers
+from coalition.groups.group import Group
 from coalition.method import controller as C
 from coalition.method import pairs as P
 from coalition.method import scoring, warmup
@@ -44,7 +44,7 @@ class Run(Recipe):
     def __init__(
         self,
         cfg: Config,
-        workers: Workers,
+        workers: Group,
         run_dir: Path,
         log: Log = progress.echo,
         on_eval: OnEval | None = None,

@@ -1,4 +1,4 @@
-"""Fine-tune-CoT in process (LocalTeam, tiny model): keeping samples, a whole run, and a run
+"""Fine-tune-CoT in process (LocalGroup, tiny model): keeping samples, a whole run, and a run
 whose OpenAI-compatible teacher fails mid-way, then resumes without losing finished chunks."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from coalition.data.records import Example
 from coalition.data.tasks import get_task
 from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec
-from coalition.groups.team import LocalTeam
+from coalition.groups.layout import team_layout
+from coalition.groups.local import LocalGroup
 from coalition.method import warmup
 from coalition.method.teachers import CotSample, OpenAITeacher, TeacherError, TeacherSample
 from coalition.recipes.distill import Distill, build_teacher, judge, members
@@ -53,7 +54,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def team(cfg):
     spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    return LocalTeam(members(cfg), "lora", spec, EngineSpec(batch_size=8))
+    return LocalGroup(team_layout(members(cfg), "lora"), spec, EngineSpec(batch_size=8))
 
 
 def test_a_local_teacher_run_trains_the_student(cfg, team, tmp_path):

@@ -1,4 +1,4 @@
-"""SAIE in process (LocalTeam, tiny model): remarks, targets, the learner's versions."""
+"""SAIE in process (LocalGroup, tiny model): remarks, targets, the learner's versions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from coalition.data.tasks import get_task
 from coalition.engines.base import LoraSpec
-from coalition.groups.team import LocalTeam
+from coalition.groups.layout import team_layout
+from coalition.groups.local import LocalGroup
 from coalition.recipes.saie import SAIE, Exchange, members, near_miss, stances
 from coalition.run import config as config_mod
 from coalition.run.rundir import read_records
@@ -33,7 +34,7 @@ def test_stances_mix_exactly_by_ratio_and_are_seeded():
     assert set(stances(qids, 0.0, 0).values()) == {"supportive"}
 
 
-class Spy(LocalTeam):
+class Spy(LocalGroup):
     """The real in-process team, keeping every update's rows."""
 
     updates: list = []
@@ -48,7 +49,10 @@ def run(tmp_path_factory):
     cfg = config_mod.load(
         SMOKE, ["rounds=1", "saie.pool=8", "saie.remark_tokens=8", "saie.batch_size=4"]
     )
-    team = Spy(members(cfg), "lora", LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    team = Spy(
+        team_layout(members(cfg), "lora"),
+        LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj")),
+    )
     out = tmp_path_factory.mktemp("saie")
     return cfg, team, out, SAIE(cfg, team, out).run()
 

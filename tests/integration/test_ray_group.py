@@ -1,4 +1,4 @@
-"""The Ray workers on the tiny model: pushes are versioned and confirmed, a killed generator
+"""The Ray group on the tiny model: pushes are versioned and confirmed, a killed generator
 actor is restarted, its state replayed, and no prompt of the batch is lost."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from coalition.engines.base import SamplingParams
+from coalition.groups.layout import coalition_layout
 from coalition.method.variants import BASE
 from coalition.run import config
 from tests.conftest import SMOKE, lora_state
@@ -19,13 +20,15 @@ from tests.conftest import SMOKE, lora_state
 
 @pytest.fixture
 def workers(ray_session, tiny_path, tmp_path):
-    from actors.workers import RayWorkers
+    from actors.group import RayGroup
 
     cfg = config.load(
         SMOKE,
         ["ray.chunk_size=2", "ray.max_restarts=2", "ray.max_retries=3", "ray.trainer=per_update"],
     )
-    w = RayWorkers(cfg, tiny_path, tmp_path / "train", log=lambda _: None)
+    v = cfg.variants
+    layout = coalition_layout(tiny_path, v.mode, cfg.scorer, v.count, in_process=False)
+    w = RayGroup(cfg, layout, tmp_path / "train", log=lambda _: None)
     yield w
     w.close()
 
@@ -54,7 +57,7 @@ def test_generator_killed_mid_batch_loses_nothing(workers, tiny_path, ray_sessio
     params = SamplingParams(max_new_tokens=24)
     expected = workers.generate({"v0": prompts}, params)["v0"]
 
-    handle = workers.gens["v0"]
+    handle = workers.hosts["v0"]
     old_pid = ray_session.get(handle.actor.pid.remote())
     result: dict = {}
     thread = threading.Thread(
@@ -77,7 +80,7 @@ def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp
     not hold goes by the object store. Either way every actor serves the same weights."""
     from safetensors.torch import load_file, save_file
 
-    from actors.workers import RayWorkers
+    from actors.group import RayGroup
     from coalition.engines.hf import HFEngine
     from coalition.method.training import StepSettings
 
@@ -85,7 +88,8 @@ def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp
         SMOKE, ["variants.mode=full", "scorer=base", "ray.full_push=collective", "ray.chunk_size=4"]
     )
     logs: list[str] = []
-    w = RayWorkers(cfg, tiny_path, tmp_path / "train", log=logs.append)
+    layout = coalition_layout(tiny_path, "full", "base", cfg.variants.count, in_process=False)
+    w = RayGroup(cfg, layout, tmp_path / "train", log=logs.append)
     try:
         rows = [
             {"prompt": f"Question: {i} + 1?\nAnswer:", "completion": f" {i + 1}."} for i in range(8)
