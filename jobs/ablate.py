@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from actors.group import start_group
-    from coalition.groups.local import run_layout
+    from coalition.groups.layout import run_layout
     from coalition.recipes.sro import Run
 
     start = time.perf_counter()

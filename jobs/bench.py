@@ -115,7 +115,8 @@ def bench_round(cfg, run_dir: Path) -> dict:
     from actors.group import RayGroup
     from actors.session import init_ray
     from coalition.engines.models import resolve
-    from coalition.groups.local import LocalGroup, run_layout
+    from coalition.groups.layout import run_layout
+    from coalition.groups.local import LocalGroup
     from coalition.method.training import export_state, load_trainable, lora_spec
     from coalition.recipes.sro import Run
     from coalition.run.checkpoints import save_state

@@ -113,8 +113,7 @@ def _discussants(cfg: Config, run_dir: Path | None, n: int):
     a SAIE learner or distilled student, or the base model."""
     from actors.group import RayGroup
     from coalition.engines.models import resolve
-    from coalition.groups.layout import Member, team_layout
-    from coalition.groups.local import run_layout
+    from coalition.groups.layout import Member, run_layout, team_layout
     from coalition.method.variants import BASE, variant_key
     from coalition.run.rundir import RunDir
 

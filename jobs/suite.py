@@ -36,7 +36,7 @@ def suite(argv: list[str], cfg: Config) -> int:
     from actors.group import RayGroup
     from actors.session import init_ray
     from coalition.data.tasks import from_config
-    from coalition.groups.local import run_layout
+    from coalition.groups.layout import run_layout
     from coalition.method.deliberation import Steps
     from coalition.method.suite import best_measured, compare, rows, run_suite
     from coalition.method.variants import variant_key

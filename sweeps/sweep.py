@@ -51,7 +51,7 @@ def run_trial(params: dict[str, Any], sweep_raw: dict[str, Any], sweep_dir: str)
     from ray import tune
 
     from actors.group import RayGroup
-    from coalition.groups.local import run_layout
+    from coalition.groups.layout import run_layout
     from coalition.recipes.sro import Run
     from coalition.run.cli import check_combination, check_resume
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from coalition.method.variants import BASE, variant_key
 
@@ -148,3 +149,16 @@ def team_layout(members: Sequence[Member], mode: str) -> Layout:
         key = m.name if m.trained else BASE
         models[m.name] = Placement(m.name, m.path, m.trained, key, (engine_of[engine],))
     return Layout(hosts, models)
+
+
+def run_layout(cfg: Any, in_process: bool | None = None) -> Layout:
+    """A COALITION run's layout from its config (``in_process`` defaults to ``ray.in_process``)."""
+    from coalition.engines.models import resolve
+
+    return coalition_layout(
+        resolve(cfg.model.name_or_path),
+        cfg.variants.mode,
+        cfg.scorer,
+        cfg.variants.count,
+        cfg.ray.in_process if in_process is None else in_process,
+    )

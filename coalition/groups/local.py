@@ -9,7 +9,7 @@ from typing import Any
 from coalition.engines import EngineSpec
 from coalition.engines.base import LoraSpec
 from coalition.groups.group import Group, scorer_mean
-from coalition.groups.layout import Layout, coalition_layout
+from coalition.groups.layout import Layout
 from coalition.method import training
 from coalition.method.variants import VariantHost
 
@@ -94,19 +94,6 @@ def prepare_in_process(generator_cpus: float) -> None:
 
     torch.set_num_threads(training.threads_for(generator_cpus))
     datasets.disable_progress_bars()
-
-
-def run_layout(cfg: Any, in_process: bool | None = None) -> Layout:
-    """A COALITION run's layout from its config (``in_process`` defaults to ``ray.in_process``)."""
-    from coalition.engines.models import resolve
-
-    return coalition_layout(
-        resolve(cfg.model.name_or_path),
-        cfg.variants.mode,
-        cfg.scorer,
-        cfg.variants.count,
-        cfg.ray.in_process if in_process is None else in_process,
-    )
 
 
 def in_process(cfg: Any, layout: Layout) -> LocalGroup:
