@@ -450,13 +450,20 @@ def machine(threads: int, seconds: float = 1.0) -> dict[str, Any]:
 
 
 def decode_bound(
-    config: Any, batch: int, context: float, weight_bytes: int, flops_per_s: float, gbps: float
+    config: Any,
+    batch: int,
+    context: float,
+    params: int,
+    value_bytes: int,
+    tflops: float,
+    gbps: float,
 ) -> float:
     """Tokens/s a decoding step can reach at ``batch`` rows of ``context`` tokens each: it must
-    read every weight and every row's KV cache once (memory) and do 2 FLOPs per weight per row
-    (compute); the slower of the two bounds it."""
+    read every weight and every row's KV cache once (memory; ``value_bytes`` per value, the
+    model's dtype) and do 2 FLOPs per weight per row (compute, at the dtype's matmul FLOP/s);
+    the slower of the two bounds it."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 2  # bf16
-    memory_s = (weight_bytes + batch * context * kv_bytes) / (gbps * 1e9)
-    compute_s = batch * 2 * (weight_bytes / 2) / (flops_per_s * 1e12)
+    kv_bytes = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * value_bytes
+    memory_s = (params * value_bytes + batch * context * kv_bytes) / (gbps * 1e9)
+    compute_s = batch * 2 * params / (tflops * 1e12)
     return batch / max(memory_s, compute_s)

@@ -211,7 +211,14 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
         for name in ("lean", "hf")
     }
     tok = engines["lean"].tokenizer
-    weight_bytes = sum(p.numel() * p.element_size() for p in engines["lean"].model.parameters())
+    weights = list(engines["lean"].model.parameters())
+    n_weights, value_bytes = sum(p.numel() for p in weights), weights[0].element_size()
+    # the bounds at the matmul rate of the dtype the model runs in (model.dtype auto: bf16
+    # where the CPU computes it natively, else fp32)
+    dtype = str(weights[0].dtype).removeprefix("torch.")
+    tflops = mach[f"{dtype}_tflops"]
+    out["dtype"] = dtype
+    print(f"[bench] bounds at {tflops} TFLOP/s ({dtype}, the model's dtype)")
     texts = [
         prompts.render(prompts.build("rationale", ex.question, task.answer_format), tok)
         for ex in task.load("test")
@@ -230,7 +237,7 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
             engine.generate(texts[:batch], params)
             rate = batch * new / (time.perf_counter() - start)
             bound = perf.decode_bound(
-                config, batch, prompt_len + new / 2, weight_bytes, mach["bfloat16_tflops"],
+                config, batch, prompt_len + new / 2, n_weights, value_bytes, tflops,
                 mach["read_gbps"],
             )  # fmt: skip
             row = {"decoder": name, "batch": batch, "tokens_per_s": round(rate, 1),
@@ -256,7 +263,7 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     start = time.perf_counter()
     engine.score([p for p, _ in reqs], [t for _, t in reqs])
     rate = score_tokens / (time.perf_counter() - start)
-    bound = mach["bfloat16_tflops"] * 1e12 / (weight_bytes / 2 * 2)  # 2 FLOPs per weight
+    bound = tflops * 1e12 / (2 * n_weights)  # 2 FLOPs per weight
     out["scoring"] = {"tokens_per_s": round(rate, 1), "bound": round(bound, 1),
                       "of_bound": round(rate / bound, 3)}  # fmt: skip
     print(f"[bench] score: {rate:.0f} tok/s ({rate / bound:.0%} of {bound:.0f})")
@@ -270,12 +277,12 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
          "chosen": it.rationale, "rejected": warmup.corrupt(it.rationale, rng)}
         for it in items
     ]  # fmt: skip
-    out["training"] = _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach)
+    out["training"] = _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, tflops)
     torch.set_num_threads(threads)
     return out
 
 
-def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
+def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, tflops: float) -> dict:
     """SFT and DPO updates on a persistent Ray Train trainer (one worker, one CPU), lean and
     with TRL's defaults, as trained tokens per second against the compute bound (4·N FLOPs
     per trained token for a LoRA update: forward and the backward to the activations)."""
@@ -291,7 +298,7 @@ def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
         cfg.model.dtype, cpus_per_worker=cfg.ray.train_cpus_per_worker,
     )  # fmt: skip
     n_params = _param_count(path)
-    bound = mach["bfloat16_tflops"] * 1e12 / (4 * n_params)
+    bound = tflops * 1e12 / (4 * n_params)
 
     def tokens(rows: list[dict], kind: str) -> int:
         if kind == "sft":
@@ -328,7 +335,8 @@ def _bench_training(cfg, run_dir, path, sft_rows, dpo_rows, tok, mach) -> dict:
 def print_laptop(result: dict, run_dir: Path) -> None:
     m = result["machine"]
     print(f"{m['cpu']}, {result['threads']} thread(s): {m['bfloat16_tflops']} TFLOP/s bf16, "
-          f"{m['float32_tflops']} TFLOP/s fp32, {m['read_gbps']} GB/s read")  # fmt: skip
+          f"{m['float32_tflops']} TFLOP/s fp32, {m['read_gbps']} GB/s read; the model in "
+          f"{result['dtype']}")  # fmt: skip
     rows = [
         [f"generate {g['decoder']}", g["batch"], g["tokens_per_s"], g["bound"], g["of_bound"]]
         for g in result["generation"]

@@ -57,3 +57,25 @@ def _tok(path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def test_decode_bound_is_the_slower_of_memory_and_compute():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2
+    )
+    params = 1_000_000
+    # batch 1: reading 4 MB of fp32 weights at 1 GB/s (4 ms) is slower than 2 MFLOP at 1 TFLOP/s
+    kv = 2 * 2 * 2 * 16 * 4  # keys and values, 2 layers, 2 heads of 16, fp32: bytes per token
+    assert perf.decode_bound(config, 1, 10, params, 4, 1.0, 1.0) == pytest.approx(
+        1 / ((4 * params + 10 * kv) / 1e9)
+    )
+    # the same model in bf16 reads half the bytes
+    assert perf.decode_bound(config, 1, 10, params, 2, 1.0, 1.0) > 1.9 * perf.decode_bound(
+        config, 1, 10, params, 4, 1.0, 1.0
+    )
+    # batch 4096 at 1 TFLOP/s: compute-bound, 2 FLOPs per weight per row
+    assert perf.decode_bound(config, 4096, 0, params, 4, 1.0, 1000.0) == pytest.approx(
+        4096 / (4096 * 2 * params / 1e12)
+    )
