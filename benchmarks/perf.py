@@ -467,3 +467,23 @@ def decode_bound(
     memory_s = (params * value_bytes + batch * context * kv_bytes) / (gbps * 1e9)
     compute_s = batch * 2 * params / (tflops * 1e12)
     return batch / max(memory_s, compute_s)
+
+
+def generation_bound(
+    config: Any,
+    batch: int,
+    prompt: float,
+    new: int,
+    params: int,
+    value_bytes: int,
+    tflops: float,
+    gbps: float,
+) -> float:
+    """Generated tokens/s a call can reach for ``batch`` prompts of ``prompt`` tokens and ``new``
+    tokens each: the prefill (2 FLOPs per weight per prompt token, or one read of the weights,
+    the slower) and then ``new`` decoding steps (:func:`decode_bound` at the mean context)."""
+    prefill_s = max(
+        batch * prompt * 2 * params / (tflops * 1e12), params * value_bytes / (gbps * 1e9)
+    )
+    step = decode_bound(config, batch, prompt + new / 2, params, value_bytes, tflops, gbps)
+    return batch * new / (prefill_s + new * batch / step)

@@ -236,10 +236,9 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
             start = time.perf_counter()
             engine.generate(texts[:batch], params)
             rate = batch * new / (time.perf_counter() - start)
-            bound = perf.decode_bound(
-                config, batch, prompt_len + new / 2, n_weights, value_bytes, tflops,
-                mach["read_gbps"],
-            )  # fmt: skip
+            bound = perf.generation_bound(
+                config, batch, prompt_len, new, n_weights, value_bytes, tflops, mach["read_gbps"]
+            )
             row = {"decoder": name, "batch": batch, "tokens_per_s": round(rate, 1),
                    "bound": round(bound, 1), "of_bound": round(rate / bound, 3)}  # fmt: skip
             out["generation"].append(row)

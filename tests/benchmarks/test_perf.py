@@ -79,3 +79,25 @@ def test_decode_bound_is_the_slower_of_memory_and_compute():
     assert perf.decode_bound(config, 4096, 0, params, 4, 1.0, 1000.0) == pytest.approx(
         4096 / (4096 * 2 * params / 1e12)
     )
+
+
+def test_generation_bound_adds_the_prefill():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2
+    )
+    params, batch, prompt, new = 1_000_000, 64, 100, 50
+    step = perf.decode_bound(config, batch, prompt + new / 2, params, 2, 1.0, 10.0)
+    prefill_s = batch * prompt * 2 * params / 1e12  # compute-bound at 1 TFLOP/s
+    assert prefill_s > params * 2 / 10e9  # (slower than one read of the weights)
+    expected = batch * new / (prefill_s + new * batch / step)
+    assert perf.generation_bound(config, batch, prompt, new, params, 2, 1.0, 10.0) == pytest.approx(
+        expected
+    )
+    # no prompt: one read of the weights more than decoding alone
+    alone = perf.decode_bound(config, 1, new / 2, params, 2, 1.0, 10.0)
+    with_read = new / (params * 2 / 10e9 + new / alone)
+    assert perf.generation_bound(config, 1, 0, new, params, 2, 1.0, 10.0) == pytest.approx(
+        with_read
+    )
