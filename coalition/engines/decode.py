@@ -30,13 +30,13 @@ TOP_CANDIDATES = 256  # top-p is computed over these when they hold the mass (el
 
 def supported(model: Any) -> bool:
     """Whether :func:`generate` can run ``model`` (a causal LM, maybe PEFT-wrapped)."""
-    config = getattr(_causal_lm(model), "config", None)
+    config = getattr(causal_lm(model), "config", None)
     return getattr(config, "model_type", None) in SUPPORTED and not getattr(
         config, "sliding_window_pattern", None
     )
 
 
-def _causal_lm(model: Any) -> Any:
+def causal_lm(model: Any) -> Any:
     """The ``*ForCausalLM`` under PEFT's wrapper (its modules are the same objects)."""
     unwrap = getattr(model, "get_base_model", None)
     return unwrap() if callable(unwrap) else model
@@ -99,7 +99,7 @@ class Decoder:
         self._cache: OrderedDict[Any, Weights] = OrderedDict()
 
     def weights(self, model: Any, key: Any) -> Weights:
-        lm = _causal_lm(model)
+        lm = causal_lm(model)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -33,7 +33,7 @@ from coalition.engines.base import (
     stop_ids,
     target_ids,
 )
-from coalition.engines.decode import SUPPORTED, Decoder, supported
+from coalition.engines.decode import SUPPORTED, Decoder, causal_lm, supported
 
 
 def pick_device(device: str) -> torch.device:
@@ -320,14 +320,12 @@ class HFEngine(Engine):
                 for row, seq in enumerate(seqs):
                     ids[row, : len(seq)] = torch.tensor(seq)
                     mask[row, : len(seq)] = 1
-                logits = model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits
+                # logits at position j predict token j+1
+                spans = [(len(pairs[i][0]) - 1, len(pairs[i][1])) for i in batch]
+                logits = _target_logits(model, ids.to(self.device), mask.to(self.device), spans)
                 for row, i in enumerate(batch):
-                    p_len, t_ids = len(pairs[i][0]), pairs[i][1]
-                    # logits at position j predict token j+1
-                    rows = logits[row, p_len - 1 : p_len - 1 + len(t_ids)].float()
-                    logp = torch.log_softmax(rows, dim=-1)
+                    t_ids = pairs[i][1]
+                    logp = torch.log_softmax(logits[row], dim=-1)
                     tok = logp.gather(1, torch.tensor(t_ids, device=logp.device)[:, None])[:, 0]
                     total = float(tok.sum())
                     results[i] = TokenScore(total, total / len(t_ids), len(t_ids))
@@ -427,3 +425,23 @@ class HFEngine(Engine):
         if device is not None:
             self.model.to(device)
             self._asleep_from = None
+
+
+def _target_logits(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """fp32 logits at each row's ``(start, length)`` positions. For the Llama family, whose
+    logits are the LM head of the last hidden state, the head runs on those positions only: a
+    target is a few tokens of a long sequence, and the head over the whole vocabulary at every
+    position costs a fifth of the forward and its largest tensor (same scores, tests)."""
+    if not supported(model):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return [logits[row, start : start + n].float() for row, (start, n) in enumerate(spans)]
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    width = ids.shape[1]
+    rows = torch.cat(
+        [torch.arange(start, start + n) + row * width for row, (start, n) in enumerate(spans)]
+    )
+    picked = hidden.flatten(0, 1)[rows.to(hidden.device)]
+    return list(lm.get_output_embeddings()(picked).float().split([n for _, n in spans]))

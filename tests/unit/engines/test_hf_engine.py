@@ -89,6 +89,32 @@ def test_adapters_by_name_and_version(tiny_engine, tmp_path):
         tiny_engine.generate(PROMPTS, params, adapter="c")
 
 
+def test_adapter_score_matches_a_full_forward_of_the_adapted_model(tiny_engine, tiny_path):
+    """Scoring runs the LM head on the target positions only; the log-probs are a full
+    forward's through the same base and adapter."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    spec = LoraSpec(r=4, alpha=8)
+    state = _random_lora_state(tiny_engine, spec, 7)
+    tiny_engine.set_adapter("z", state, version=1, spec=spec)
+    targets = [" 3", " 38 apples", " 37", " 4", " 23."]
+    scores = tiny_engine.score(PROMPTS, targets, adapter="z")
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=list(spec.target_modules))
+    base = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=tiny_engine.model.dtype)
+    reference = get_peft_model(base, cfg)
+    set_peft_model_state_dict(reference, state)
+    tok = tiny_engine.tokenizer
+    for prompt, target, s in zip(PROMPTS, targets, scores, strict=True):
+        p_ids = tok(prompt)["input_ids"]
+        t_ids = tok(target, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = reference(input_ids=torch.tensor([p_ids + t_ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        manual = sum(float(logp[len(p_ids) - 1 + j, t]) for j, t in enumerate(t_ids))
+        assert s.sum == pytest.approx(manual, rel=1e-4, abs=1e-4)
+
+
 def test_load_adapter_from_saved_dir(tiny_engine, tiny_path, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
