@@ -38,6 +38,7 @@ class Mailbox:
         self.taken = -1  # the latest request a worker started
         self.pids: dict[int, int] = {}
         self.progress: dict[int, tuple[int, int, float | None]] = {}
+        self.heard = time.monotonic()  # the workers' latest word (this actor's clock)
         self._changed: asyncio.Condition | None = None
 
     def _cond(self) -> asyncio.Condition:
@@ -55,19 +56,20 @@ class Mailbox:
     async def hello(self, rank: int, pid: int) -> int:
         """A (re)started worker checks in; it resumes at the first unfinished request."""
         self.pids[rank] = pid
+        self.heard = time.monotonic()
         return self.finished
 
     async def take(self, seq: int) -> dict[str, Any] | None:
         """Request ``seq``, waiting for it to be submitted."""
         async with self._cond():
             await self._cond().wait_for(lambda: len(self.requests) > seq)
-            self.taken = max(self.taken, seq)
+            self.taken, self.heard = max(self.taken, seq), time.monotonic()
             return self.requests[seq]
 
     async def finish(self, seq: int, result: dict[str, Any]) -> None:
         async with self._cond():
             self.results[seq] = result
-            self.finished = max(self.finished, seq + 1)
+            self.finished, self.heard = max(self.finished, seq + 1), time.monotonic()
             self._cond().notify_all()
 
     async def result(self, seq: int, timeout: float) -> dict[str, Any] | None:
@@ -80,7 +82,12 @@ class Mailbox:
             return self.results.pop(seq)
 
     async def status(self) -> dict[str, Any]:
-        return {"submitted": len(self.requests), "taken": self.taken, "pids": dict(self.pids)}
+        return {
+            "submitted": len(self.requests),
+            "taken": self.taken,
+            "pids": dict(self.pids),
+            "quiet_s": time.monotonic() - self.heard,  # since the workers' latest word
+        }
 
     async def report(self, seq: int, step: int, total: int, loss: float | None) -> None:
         """Rank 0's latest step of request ``seq`` (for the driver's live progress line); a
@@ -88,6 +95,7 @@ class Mailbox:
         if loss is None and seq in self.progress:
             loss = self.progress[seq][2]
         self.progress[seq] = (step, total, loss)
+        self.heard = time.monotonic()
 
     async def progress_of(self, seq: int) -> tuple[int, int, float | None] | None:
         return self.progress.get(seq)
@@ -229,7 +237,7 @@ class PersistentTrainer:
         deadline = time.monotonic() + timeout
         while len(ray.get(self.mailbox.status.remote())["pids"]) < self.workers:
             if ray.wait([self.fit], timeout=0)[0]:
-                raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
+                raise RuntimeError(f"trainer {self.name} stopped: {self._fit_error()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"trainer {self.name}: workers not up after {timeout:.0f}s")
             time.sleep(0.2)
@@ -259,16 +267,19 @@ class PersistentTrainer:
     def wait(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
         """Request ``seq``'s result; raises if the trainer stopped, its workers did not start
         within the start deadline, or ``timeout`` passed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        since = time.monotonic()
+        deadline = None if timeout is None else since + timeout
         while (out := ray.get(self.mailbox.result.remote(seq, 2.0))) is None:
             done, _ = ray.wait([self.fit], timeout=0)
             if done:
-                raise RuntimeError(f"trainer {self.name} stopped: {ray.get(self.fit)}")
+                raise RuntimeError(f"trainer {self.name} stopped: {self._fit_error()}")
             self._check_started()
+            self._check_heard(seq, since)
             self._show(seq)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"trainer {self.name}: request {seq} not done in {timeout}s")
         self._show(seq)  # the last step (rank 0 reports it before the result)
+        self.up = True  # a result: the workers were up
         return out
 
     def _show(self, seq: int) -> None:
@@ -293,6 +304,31 @@ class PersistentTrainer:
                 f"{self.start_timeout:.0f}s (ray.start_timeout_s); {free_resources()}: the "
                 "cluster is too small for the run or busy with other work"
             )
+
+    def _check_heard(self, seq: int, since: float) -> None:
+        """A started trainer whose workers have said nothing (no step, no check-in) for the
+        start deadline while request ``seq`` waits: a worker died and its restart cannot be
+        placed (Ray Train retries that for ever) or it hangs. Stop with a line; a rerun
+        resumes at the stage in flight."""
+        if not self.up or time.monotonic() - since <= self.start_timeout:
+            return
+        quiet = ray.get(self.mailbox.status.remote())["quiet_s"]
+        if quiet > self.start_timeout:
+            from actors.resilient import free_resources
+            from coalition.run.preflight import ResourceTimeout
+
+            raise ResourceTimeout(
+                f"trainer {self.name}: no word from its workers for {quiet:.0f}s "
+                f"(ray.start_timeout_s: {self.start_timeout:.0f}) while request {seq} waits: "
+                f"a worker died and could not be restarted, or hangs; {free_resources()}"
+            )
+
+    def _fit_error(self) -> str:
+        """Why the trainer's ``fit`` task ended: its error, or the task's own failure."""
+        try:
+            return str(ray.get(self.fit))
+        except ray.exceptions.RayError as exc:
+            return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop the workers (they finish the update in flight) and the trainer."""

@@ -1,6 +1,7 @@
 """The persistent Ray Train trainer: one TorchTrainer serves several updates in order (the
-same results as a fresh TorchTrainer per update), and a worker killed mid-update is
-restarted by Ray Train and the update redone."""
+same results as a fresh TorchTrainer per update), a worker killed mid-update is
+restarted by Ray Train and the update redone, and workers silent past the start deadline
+stop the driver's wait with a line instead of a hang."""
 
 from __future__ import annotations
 
@@ -85,6 +86,25 @@ def test_worker_killed_mid_update_is_restarted_and_the_update_redone(trainer, ra
     thread.join(timeout=600)
     assert result["metrics"]["steps"] == 30 * 8
     assert ray_session.get(trainer.mailbox.status.remote())["pids"][0] != first
+
+
+def test_workers_silent_past_the_deadline_stop_the_wait_with_a_line(trainer, ray_session):
+    """A worker that died and whose restart Ray cannot place (Ray Train retries that for
+    ever) looks to the driver like one that hangs: no step, no check-in. A stopped process
+    is that, deterministically: alive to Ray, silent to the mailbox."""
+    from coalition.run.preflight import ResourceTimeout
+
+    trainer.update("sft", None, sft_rows(2), StepSettings(lr=1e-3, epochs=1, batch_size=2))
+    trainer.start_timeout = 8.0  # after the start: the silence deadline only
+    pid = ray_session.get(trainer.mailbox.status.remote())["pids"][0]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        with pytest.raises(ResourceTimeout, match="no word from its workers for"):
+            trainer.update("sft", None, sft_rows(2), StepSettings(lr=1e-3, epochs=1, batch_size=2))
+        assert time.monotonic() - began < 60
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def test_the_driver_sees_the_updates_steps_and_loss_live(trainer):
