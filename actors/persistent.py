@@ -266,7 +266,7 @@ class PersistentTrainer:
 
     def wait(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
         """Request ``seq``'s result; raises if the trainer stopped, its workers did not start
-        within the start deadline, or ``timeout`` passed."""
+        or fell silent within the start deadline, or ``timeout`` passed."""
         since = time.monotonic()
         deadline = None if timeout is None else since + timeout
         while (out := ray.get(self.mailbox.result.remote(seq, 2.0))) is None:
