@@ -478,12 +478,13 @@ def generation_bound(
     value_bytes: int,
     tflops: float,
     gbps: float,
+    shared: float = 0.0,
 ) -> float:
     """Generated tokens/s a call can reach for ``batch`` prompts of ``prompt`` tokens and ``new``
-    tokens each: the prefill (2 FLOPs per weight per prompt token, or one read of the weights,
-    the slower) and then ``new`` decoding steps (:func:`decode_bound` at the mean context)."""
-    prefill_s = max(
-        batch * prompt * 2 * params / (tflops * 1e12), params * value_bytes / (gbps * 1e9)
-    )
+    tokens each: the prefill (2 FLOPs per weight per prompt token, the ``shared`` leading
+    tokens every prompt has counted once, or one read of the weights, the slower) and then
+    ``new`` decoding steps (:func:`decode_bound` at the mean context)."""
+    tokens = shared + batch * (prompt - shared)
+    prefill_s = max(tokens * 2 * params / (tflops * 1e12), params * value_bytes / (gbps * 1e9))
     step = decode_bound(config, batch, prompt + new / 2, params, value_bytes, tflops, gbps)
     return batch * new / (prefill_s + new * batch / step)

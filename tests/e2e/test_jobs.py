@@ -48,8 +48,10 @@ def test_bench_laptop_smoke(tmp_path):
     assert m["bfloat16_tflops"] > 0 and m["read_gbps"] > 0 and m["threads"] == 1
     batches = {(g["decoder"], g["batch"]) for g in result["generation"]}
     assert {("lean", 1), ("lean", 8), ("lean", 16), ("lean", 128), ("hf", 16)} <= batches
+    assert ("lean, whole prompts", 8) in batches  # the shared prefix prefilled per row
     assert all(g["of_bound"] > 0 and g["tokens_per_s"] > 0 for g in result["generation"])
-    assert result["generation_vs_today"] > 0 and result["scoring"]["of_bound"] > 0
+    assert result["generation_vs_today"] > 0 and result["generation_vs_whole_prompts"] > 0
+    assert result["scoring"]["of_bound"] > 0 and result["scoring_whole"]["of_bound"] > 0
     assert result["dtype"] == "float32"  # the tiny model runs in fp32: its bounds use fp32 FLOP/s
     for name in ("sft_lean", "sft_trl_defaults", "dpo_lean", "dpo_trl_defaults"):
         assert result["training"][name]["tokens_per_s"] > 0

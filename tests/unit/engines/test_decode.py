@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from coalition.engines.base import LoraSpec, SamplingParams
-from coalition.engines.decode import Decoder, _pick
+from coalition.engines.decode import Decoder, _pick, shared_prefix
 from coalition.engines.hf import HFEngine
-from tests.unit.engines.test_hf_engine import PROMPTS, _random_lora_state
+from tests.unit.engines.test_hf_engine import INSTRUCTED, PROMPTS, _random_lora_state
 
 SPEC = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj", "gate_proj", "down_proj"))
 
@@ -33,6 +33,29 @@ def test_greedy_equals_generate_across_padded_batches(pair):
     params = SamplingParams(max_new_tokens=24)
     prompts = PROMPTS + ["1", "Question: a much longer prompt, " * 6 + "what now?"]
     assert texts(lean.generate(prompts, params)) == texts(ref.generate(prompts, params))
+
+
+def test_a_shared_prompt_prefix_runs_once_and_changes_no_output(pair):
+    """The instruction every prompt of a batch starts with is prefilled once and its cache
+    copied to every row: greedy outputs still equal generate's, samples those of a decoder
+    that prefills each row whole."""
+    lean, ref = pair
+    assert shared_prefix([lean.encode(p) for p in INSTRUCTED[:3]]) >= 8
+    greedy = SamplingParams(max_new_tokens=24)
+    assert texts(lean.generate(INSTRUCTED, greedy)) == texts(ref.generate(INSTRUCTED, greedy))
+    sampled = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, n=2, seed=3)
+    shared = lean.generate(INSTRUCTED, sampled)
+    lean.share_prefix = False
+    assert shared == lean.generate(INSTRUCTED, sampled)
+
+
+def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    base = list(range(10))
+    assert shared_prefix([base + [1, 2], base + [1, 3]]) == 11
+    assert shared_prefix([base, base + [5]]) == 9  # the shorter one keeps its last token
+    assert shared_prefix([base + [1]]) == 0  # nothing to share with
+    assert shared_prefix([[1] + base, [2] + base]) == 0
+    assert shared_prefix([base[:5] + [1], base[:5] + [2]]) == 0  # too short to pay
 
 
 def test_greedy_with_adapters_and_new_versions_equals_generate(pair):

@@ -8,6 +8,9 @@ from coalition.engines.base import LoraSpec, SamplingParams
 PROMPTS = [
     f"Question: what is {a} + {b}? Answer:" for a, b in [(1, 2), (13, 25), (7, 30), (2, 2), (19, 4)]
 ]
+# prompts as the tasks make them: a long shared instruction, which the engine runs once a batch
+INSTRUCTED = ["Read the question, add the numbers step by step, then give the sum. " + p
+              for p in PROMPTS]  # fmt: skip
 
 
 def test_batched_greedy_equals_one_by_one(tiny_engine):
@@ -26,11 +29,12 @@ def test_sampling_n_and_seed(tiny_engine):
     assert len({g.text for g in a[0]}) > 1  # a random model at T=1 does not repeat itself
 
 
-def test_score_matches_manual_logprobs(tiny_engine):
+@pytest.mark.parametrize("prompts", [PROMPTS, INSTRUCTED], ids=["own", "shared-prefix"])
+def test_score_matches_manual_logprobs(tiny_engine, prompts):
     tok, model = tiny_engine.tokenizer, tiny_engine.model
     targets = [" 3", " 38 apples", " 37", " 4", " 23."]
-    scores = tiny_engine.score(PROMPTS, targets)
-    for prompt, target, s in zip(PROMPTS, targets, scores, strict=True):
+    scores = tiny_engine.score(prompts, targets)
+    for prompt, target, s in zip(prompts, targets, scores, strict=True):
         p_ids = tok(prompt)["input_ids"]
         t_ids = tok(target, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
@@ -89,9 +93,10 @@ def test_adapters_by_name_and_version(tiny_engine, tmp_path):
         tiny_engine.generate(PROMPTS, params, adapter="c")
 
 
-def test_adapter_score_matches_a_full_forward_of_the_adapted_model(tiny_engine, tiny_path):
-    """Scoring runs the LM head on the target positions only; the log-probs are a full
-    forward's through the same base and adapter."""
+@pytest.mark.parametrize("prompts", [PROMPTS, INSTRUCTED], ids=["own", "shared-prefix"])
+def test_adapter_score_matches_a_full_forward_of_the_adapted_model(tiny_engine, tiny_path, prompts):
+    """Scoring runs the LM head on the target positions only, and a batch's shared prefix
+    once; the log-probs are a full forward's through the same base and adapter."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
@@ -99,13 +104,13 @@ def test_adapter_score_matches_a_full_forward_of_the_adapted_model(tiny_engine, 
     state = _random_lora_state(tiny_engine, spec, 7)
     tiny_engine.set_adapter("z", state, version=1, spec=spec)
     targets = [" 3", " 38 apples", " 37", " 4", " 23."]
-    scores = tiny_engine.score(PROMPTS, targets, adapter="z")
+    scores = tiny_engine.score(prompts, targets, adapter="z")
     cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=list(spec.target_modules))
     base = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=tiny_engine.model.dtype)
     reference = get_peft_model(base, cfg)
     set_peft_model_state_dict(reference, state)
     tok = tiny_engine.tokenizer
-    for prompt, target, s in zip(PROMPTS, targets, scores, strict=True):
+    for prompt, target, s in zip(prompts, targets, scores, strict=True):
         p_ids = tok(prompt)["input_ids"]
         t_ids = tok(target, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
