@@ -230,14 +230,14 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     batches = sorted({1, 16, cfg.generation.batch_size, 128})
     # the reference at today's and the new default's batch is enough; the lean decoder
     # prefilling every row's whole prompt (as before 2026-12-03) at the default's
-    runs = {
-        "lean": batches,
-        "lean, whole prompts": [cfg.generation.batch_size],
-        "hf": [b for b in batches if b <= max(16, cfg.generation.batch_size)],
-    }
-    for name, sizes in runs.items():
-        engine = engines[name.split(",")[0]]
-        engine.share_prefix = name != "lean, whole prompts"
+    runs = [  # (row label, engine, shared prefix once, batches)
+        ("lean", "lean", True, batches),
+        ("lean, whole prompts", "lean", False, [cfg.generation.batch_size]),
+        ("hf", "hf", True, [b for b in batches if b <= max(16, cfg.generation.batch_size)]),
+    ]
+    for name, kind, share, sizes in runs:
+        engine = engines[kind]
+        engine.share_prefix = share
         engine.generate(texts[:2], replace(params, max_new_tokens=2))  # warm-up
         for batch in sizes:
             engine.batch_size = batch
