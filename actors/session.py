@@ -18,6 +18,9 @@ QUIET = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "VLLM_LOGGING_LEVEL": "WARNING",  # vLLM logs each engine start and reload at INFO
+    # libraries' own bars in workers (TRL's reference log-probs) garble the driver's log; the
+    # driver shows one progress line per stage instead (tqdm reads TQDM_* defaults at import)
+    "TQDM_DISABLE": "1",
 }
 
 
