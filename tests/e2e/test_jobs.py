@@ -55,6 +55,9 @@ def test_bench_laptop_smoke(tmp_path):
     assert result["dtype"] == "float32"  # the tiny model runs in fp32: its bounds use fp32 FLOP/s
     for name in ("sft_lean", "sft_trl_defaults", "dpo_lean", "dpo_trl_defaults"):
         assert result["training"][name]["tokens_per_s"] > 0
+    for kind in ("sft", "dpo"):  # the bound counts the rows' common prefix once a batch
+        assert result["training"][f"{kind}_bound"] > 0
+        assert result["training"][f"{kind}_shared_prefix"] >= 0
     assert "achieved/bound" in proc.stdout
 
 

@@ -119,3 +119,76 @@ def test_labels_only_scoring_on_cpu_gives_the_same_log_probs(tiny_path):
         utils._use_triton = original
     for a, b in zip(every, labelled, strict=True):
         assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+
+
+def _prefix_batch(right: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four rows sharing their first 12 tokens, of different lengths, padded; labels on each
+    row's last tokens only (as TRL labels completions)."""
+    torch.manual_seed(1)
+    common = torch.randint(5, 500, (12,))
+    rows = [torch.cat([common, torch.randint(5, 500, (n,))]) for n in (9, 5, 14, 7)]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, r in enumerate(rows):
+        span = slice(0, len(r)) if right else slice(width - len(r), width)
+        ids[i, span], mask[i, span] = r, 1
+        labels[i, span] = torch.where(torch.arange(len(r)) >= 14, r, -100)
+    return ids, mask, labels
+
+
+def test_shared_prompt_prefix_gives_the_same_log_probs_and_gradients(tiny_path):
+    """The lean training forward runs a batch's common leading tokens once (a batch of one,
+    keys and values repeated to every row): the same log-probs, loss and LoRA gradients as
+    the plain forward, with the prefix through the embedding once."""
+    from trl.trainer import utils
+
+    from tests.conftest import lora_state
+
+    model, _ = training.load_trainable(tiny_path, "lora", SPEC, lora_state(tiny_path, 3))
+    causal = model.get_base_model()
+    utils.add_fused_lm_head(causal)
+    body = causal.base_model
+    assert getattr(body.forward, "_coalition_shared", False)
+    shapes: list[tuple[int, ...]] = []
+    body.embed_tokens.register_forward_hook(lambda m, a, out: shapes.append(tuple(a[0].shape)))
+
+    def run(ids, mask, labels):
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if p.grad is not None]
+        model.zero_grad()
+        return [out.log_probs.detach(), out.loss.detach(), *grads]
+
+    for right in (True, False):
+        ids, mask, labels = _prefix_batch(right)
+        shapes.clear()
+        shared = run(ids, mask, labels)
+        assert shapes == ([(1, 12), (4, ids.shape[1] - 12)] if right else [tuple(ids.shape)])
+        body.forward = type(body).forward.__get__(body)  # the plain forward, for reference
+        try:
+            plain = run(ids, mask, labels)
+        finally:
+            del body.forward
+            training.share_prompt_prefix(model)
+        assert len(shared) == len(plain) > 2
+        for a, b in zip(shared, plain, strict=True):
+            assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_shared_prompt_prefix_follows_a_deep_copy(tiny_path):
+    """A full-weight DPO update's reference is a deep copy: its wrapped forward must run the
+    copy's weights, not the trained model's."""
+    import copy
+
+    model, _ = training.load_trainable(tiny_path, "full", SPEC, None)
+    ref = copy.deepcopy(model)
+    assert ref.base_model.forward.__self__ is ref.base_model
+    ids, mask, _ = _prefix_batch()
+    with torch.no_grad():
+        before = ref(input_ids=ids, attention_mask=mask).logits
+        for p in model.parameters():
+            p.add_(0.5)
+        after = ref(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(before, after)
