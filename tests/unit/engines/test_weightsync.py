@@ -4,6 +4,7 @@ raises PushTimeout within the deadline instead of hanging."""
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import time
 
@@ -25,12 +26,20 @@ def _state(shift: float = 0.0) -> dict[str, torch.Tensor]:
     }
 
 
+def _to_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """A state by value: a tensor put on a queue as itself is passed as a file descriptor the
+    parent must fetch from this process, which may have exited by then (a flaky failure)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
 def _receiver(channel: Channel, rank: int, versions: list[int], out: mp.Queue) -> None:
     try:
         member = Member(channel, rank)
         for v in versions:
             state = member.receive(v)
-            out.put((rank, v, None if state is None else {k: t.clone() for k, t in state.items()}))
+            out.put((rank, v, None if state is None else _to_bytes(state)))
     except Exception as exc:  # noqa: BLE001 - the parent asserts on what arrives
         out.put((rank, -1, f"{type(exc).__name__}: {exc}"))
 
@@ -57,6 +66,7 @@ def test_receivers_get_the_exact_state_and_nothing_when_told(store):
     assert sender.send(None, 2) is False
     sender.send(_state(shift=1.0), 3)
     got = {(r, v): s for r, v, s in (out.get(timeout=60) for _ in range(6))}
+    got = {key: s if s is None else torch.load(io.BytesIO(s)) for key, s in got.items()}
     for p in procs:
         p.join(timeout=30)
     for rank in (1, 2):
