@@ -106,7 +106,7 @@ class HFEngine(Engine):
         self.merge_for_generation = self.device.type == "cpu"
         self._merged: tuple[str, int, dict[str, torch.Tensor]] | None = None  # the last one
         self.lean = lean_applies(decoder, model, self.device)
-        self._decoder = Decoder() if self.lean else None
+        self.decoder = Decoder() if self.lean else None  # (its ``pack`` may be switched off)
         # a batch's common prompt prefix runs once (off: every row whole, the reference)
         self.share_prefix = True
 
@@ -271,14 +271,14 @@ class HFEngine(Engine):
         params: SamplingParams,
     ) -> list[list[Generation]]:
         """:meth:`generate` through the lean decoder (same batches, seeds and outputs' form)."""
-        assert self._decoder is not None
+        assert self.decoder is not None
         results: list[list[Generation]] = [[] for _ in encoded]
         eos = set(self.eos_ids)
         draws = 1 if params.greedy else params.n
         name = adapter or "weights"
         state = (name, self._versions.get(name), self._installs.get(name))  # the weights now
         for batch in self._batches(order, "generate"):
-            outs = self._decoder.generate(
+            outs = self.decoder.generate(
                 model,
                 state,
                 [encoded[i] for i in batch],

@@ -49,6 +49,8 @@ def test_bench_laptop_smoke(tmp_path):
     batches = {(g["decoder"], g["batch"]) for g in result["generation"]}
     assert {("lean", 1), ("lean", 8), ("lean", 16), ("lean", 128), ("hf", 16)} <= batches
     assert ("lean, whole prompts", 8) in batches  # the shared prefix prefilled per row
+    assert ("lean, ATen linear", 8) in batches  # the projections on unpacked weights
+    assert result["generation_vs_aten_linear"] > 0
     assert all(g["of_bound"] > 0 and g["tokens_per_s"] > 0 for g in result["generation"])
     assert result["generation_vs_today"] > 0 and result["generation_vs_whole_prompts"] > 0
     assert result["scoring"]["of_bound"] > 0 and result["scoring_whole"]["of_bound"] > 0
