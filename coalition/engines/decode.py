@@ -31,6 +31,7 @@ import torch.nn.functional as F
 SUPPORTED = ("llama", "mistral", "qwen2")
 TOP_CANDIDATES = 256  # top-p is computed over these when they hold the mass (else all)
 MIN_SHARED = 8  # a prompt prefix shorter than this is prefilled per row (not worth a pass)
+GROUP_ROWS = 16  # prompts of unlike lengths are prefilled in groups of this many rows
 
 
 def supported(model: Any) -> bool:
@@ -234,6 +235,12 @@ class _Cache:
         self.k = [t.repeat_interleave(n, 0) for t in self.k]
         self.v = [t.repeat_interleave(n, 0) for t in self.v]
 
+    def rows(self, a: int, b: int) -> _Cache:
+        """A view of rows a..b (writes reach this cache)."""
+        view = _Cache.__new__(_Cache)
+        view.k, view.v = [t[a:b] for t in self.k], [t[a:b] for t in self.v]
+        return view
+
     def select(self, rows: torch.Tensor) -> None:
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
@@ -315,15 +322,36 @@ def _prefill(w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0) -
         for li in range(len(w.layers)):
             cache.k[li][:, :, :shared] = one.k[li]
             cache.v[li][:, :, :shared] = one.v[li]
-    t, width = ids.shape[1] - shared, ids.shape[1]
-    causal = torch.ones((t, width), dtype=torch.bool).tril(shared)
-    # a padding query may see itself, so no row is all -inf (its output is never read)
-    allowed = causal[None] & mask[:, None, :]
-    allowed[:, :, shared:] |= torch.eye(t, dtype=torch.bool)[None]
-    return _forward(
-        w, F.embedding(ids[:, shared:], w.embed), positions[:, shared:], allowed[:, None],
-        cache, shared,
-    )  # fmt: skip
+    width = ids.shape[1]
+    own = mask[:, shared:].sum(-1).tolist()  # each row's own tokens, right-aligned
+    logits = []
+    for a, b in prefill_groups(own):
+        t = max(own[a:b])  # the group's queries: the last t slots, padded to its longest
+        start = width - t
+        causal = torch.ones((t, width), dtype=torch.bool).tril(start)
+        # a padding query may see itself, so no row is all -inf (its output is never read)
+        allowed = causal[None] & mask[a:b, None, :]
+        allowed[:, :, start:] |= torch.eye(t, dtype=torch.bool)[None]
+        logits.append(
+            _forward(
+                w,
+                F.embedding(ids[a:b, start:], w.embed),
+                positions[a:b, start:],
+                allowed[:, None],
+                cache.rows(a, b),
+                start,
+            )  # fmt: skip
+        )
+    return torch.cat(logits)
+
+
+def prefill_groups(own: list[int], size: int = GROUP_ROWS) -> list[tuple[int, int]]:
+    """Row ranges prefilled as one forward each, padded only to their own longest prompt:
+    consecutive groups of ``size`` rows where that skips a tenth of the batch's padded
+    tokens (rows come sorted by length, so a group's prompts are alike), else one group."""
+    spans = [(a, min(a + size, len(own))) for a in range(0, len(own), size)]
+    grouped = sum((b - a) * max(own[a:b]) for a, b in spans)
+    return spans if grouped <= 0.9 * len(own) * max(own) else [(0, len(own))]
 
 
 def _step(w: Weights, token, positions, at: int, keys, cache: _Cache) -> torch.Tensor:

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from coalition.engines.base import LoraSpec, SamplingParams
-from coalition.engines.decode import Decoder, Weights, _linear, _pick, onednn_packs, shared_prefix
+from coalition.engines.decode import (
+    Decoder,
+    Weights,
+    _linear,
+    _pick,
+    onednn_packs,
+    prefill_groups,
+    shared_prefix,
+)
 from coalition.engines.hf import HFEngine
 from tests.unit.engines.test_hf_engine import INSTRUCTED, PROMPTS, _random_lora_state
 
@@ -67,6 +75,22 @@ def test_packed_projections_change_no_output(pair):
         got = _linear(x[:, -1], torch.ops.mkldnn._reorder_linear_weight(weight, None), b)
         assert torch.allclose(got, want, atol=1e-5)
     assert not onednn_packs(torch.bfloat16)  # bf16 keeps ATen's path (not measured packed)
+
+
+def test_prompts_of_unlike_lengths_prefill_in_groups_and_change_no_output(pair):
+    """A batch of prompts of unlike lengths prefills in groups of 16 rows, each padded to its
+    own longest: greedy outputs still equal generate's, samples those of one group."""
+    lean, ref = pair
+    prompts = [f"{INSTRUCTED[i % 3]} {'and more words ' * (i % 11)}?" for i in range(20)]
+    own = sorted((len(lean.encode(p)) for p in prompts), reverse=True)
+    assert len(prefill_groups(own)) == 2 and prefill_groups([9] * 20) == [(0, 20)]
+    lean.batch_size = ref.batch_size = 20
+    greedy = SamplingParams(max_new_tokens=12)
+    assert texts(lean.generate(prompts, greedy)) == texts(ref.generate(prompts, greedy))
+    sampled = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95, seed=4)
+    grouped = lean.generate(prompts, sampled)
+    lean.batch_size = 5  # batches of 5 rows: one group each
+    assert grouped == lean.generate(prompts, sampled)
 
 
 def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
