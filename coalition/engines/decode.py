@@ -170,19 +170,11 @@ class Decoder:
         ``share_prefix``: the prompts' common leading tokens are prefilled once (else per row)."""
         w = self.weights(model, key)
         shared = shared_prefix(prompts) if share_prefix else 0
-        own = [seq[shared:] for seq in prompts]
-        width = shared + max(map(len, own))
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-        mask[:, :shared] = True  # the shared prefix first, then each prompt's own tokens
-        ids[:, :shared] = torch.tensor(prompts[0][:shared], dtype=torch.long)
-        for row, seq in enumerate(own):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = True
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = _layout(prompts, shared, pad)
+        width = ids.shape[1]
         total = width + max_new_tokens
         cache = _Cache(w, len(prompts), total)
-        logits = _prefill(w, ids, mask, positions, cache, shared)
+        logits = _prefill(w, ids, mask, positions, cache, shared)[:, -1]
         if draws > 1:
             cache.repeat(draws)
             logits = logits.repeat_interleave(draws, 0)
@@ -221,6 +213,51 @@ class Decoder:
             logits = _step(w, token, next_pos, at, keys[:, : at + 1], cache)
             next_pos = next_pos + 1
         return out
+
+    @torch.inference_mode()
+    def score(
+        self,
+        model: Any,
+        key: Any,
+        prompts: list[list[int]],
+        targets: list[list[int]],
+        pad: int,
+        share_prefix: bool = True,
+    ) -> list[torch.Tensor]:
+        """Each target's tokens' log-probs (fp32) given its prompt: one forward over prompt +
+        target, the prompts' shared prefix once, the LM head only where a target token is
+        predicted."""
+        w = self.weights(model, key)
+        shared = shared_prefix(prompts) if share_prefix else 0
+        seqs = [p + t for p, t in zip(prompts, targets, strict=True)]
+        ids, mask, positions = _layout(seqs, shared, pad)
+        cache = _Cache(w, len(seqs), ids.shape[1])
+        # a row's last len(target) + 1 positions: all but the last predict a target token
+        # (rows are right-aligned, so every target ends in the last slot)
+        keep = [len(t) + 1 for t in targets]
+        out = []
+        for logits, t in zip(
+            _prefill(w, ids, mask, positions, cache, shared, keep), targets, strict=True
+        ):
+            logp = torch.log_softmax(logits[:-1], dim=-1)
+            out.append(logp.gather(1, torch.tensor(t)[:, None])[:, 0])
+        return out
+
+
+def _layout(seqs: list[list[int]], shared: int, pad: int) -> tuple[torch.Tensor, ...]:
+    """Token ids, key mask and positions of a batch: the ``shared`` leading tokens every row
+    has in the first slots, then each row's own tokens right-aligned after its padding."""
+    own = [seq[shared:] for seq in seqs]
+    width = shared + max(map(len, own))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    mask[:, :shared] = True
+    ids[:, :shared] = torch.tensor(seqs[0][:shared], dtype=torch.long)
+    for row, seq in enumerate(own):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = True
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
 
 
 class _Cache:
@@ -288,13 +325,14 @@ def _mlp(w: Weights, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
     return _linear(F.silu(gate) * up, layer.down)
 
 
-def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: int):
+def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: int, keep: int = 1):
+    """fp32 logits [B, keep, vocab] of the last ``keep`` positions."""
     cos, sin = w.rotary(h, positions)
     cos, sin = cos[:, None], sin[:, None]
     for li, layer in enumerate(w.layers):
         h = h + _attend(w, layer, h, cos, sin, mask, cache, li, at)
         h = h + _mlp(w, layer, h)
-    return _linear(_rms(h[:, -1], w.norm, w.eps), w.head).float()
+    return _linear(_rms(h[:, -keep:], w.norm, w.eps), w.head).float()
 
 
 def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:
@@ -309,11 +347,14 @@ def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:
     return n if n >= least else 0
 
 
-def _prefill(w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0) -> torch.Tensor:
-    """The prompts' keys and values into the cache; the logits after the last prompt token.
-    The first ``shared`` tokens are the same in every row: they run once, as a batch of one,
-    and their keys and values are copied to every row (the chat template and instructions
-    are most of a prompt here, so this skips most of the prefill's FLOPs)."""
+def _prefill(
+    w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0, keep: list[int] | None = None
+) -> Any:
+    """The prompts' keys and values into the cache; the logits [B, 1, vocab] after the last
+    prompt token, or with ``keep`` a list of each row's logits [keep[row], vocab] of its last
+    positions. The first ``shared`` tokens are the same in every row: they run once, as a
+    batch of one, and their keys and values are copied to every row (the chat template and
+    instructions are most of a prompt here, so this skips most of the prefill's FLOPs)."""
     if shared:
         one = _Cache(w, 1, shared)
         causal = torch.ones((shared, shared), dtype=torch.bool).tril()
@@ -332,17 +373,16 @@ def _prefill(w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0) -
         # a padding query may see itself, so no row is all -inf (its output is never read)
         allowed = causal[None] & mask[a:b, None, :]
         allowed[:, :, start:] |= torch.eye(t, dtype=torch.bool)[None]
-        logits.append(
-            _forward(
-                w,
-                F.embedding(ids[a:b, start:], w.embed),
-                positions[a:b, start:],
-                allowed[:, None],
-                cache.rows(a, b),
-                start,
-            )  # fmt: skip
+        last = 1 if keep is None else max(keep[a:b])
+        h = F.embedding(ids[a:b, start:], w.embed)
+        out = _forward(
+            w, h, positions[a:b, start:], allowed[:, None], cache.rows(a, b), start, last
         )
-    return torch.cat(logits)
+        if keep is None:
+            logits.append(out)
+        else:
+            logits += [row[last - n :] for row, n in zip(out, keep[a:b], strict=True)]
+    return torch.cat(logits) if keep is None else logits
 
 
 def prefill_groups(own: list[int], size: int = GROUP_ROWS) -> list[tuple[int, int]]:
@@ -356,7 +396,7 @@ def prefill_groups(own: list[int], size: int = GROUP_ROWS) -> list[tuple[int, in
 
 def _step(w: Weights, token, positions, at: int, keys, cache: _Cache) -> torch.Tensor:
     h = F.embedding(token[:, None], w.embed)
-    return _forward(w, h, positions[:, None], keys[:, None, None, :], cache, at)
+    return _forward(w, h, positions[:, None], keys[:, None, None, :], cache, at)[:, -1]
 
 
 def _row_seed(seed: int, prompt: list[int], draw: int) -> int:

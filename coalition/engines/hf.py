@@ -10,8 +10,8 @@ On a CPU, generation with an adapter runs on merged weights (W + scale·B·A, co
 installed version and swapped in for the call; the base weights are never modified): unmerged
 LoRA adds two small matmuls and dtype casts to every adapted layer at every decoding step, and
 on a CPU those per-op costs, not FLOPs, bound decoding (1.3× faster on SmolLM2 in
-``jobs/bench.py engine``).
-Scoring keeps PEFT's unmerged forward, the one training computes.
+``jobs/bench.py engine``). Where generation runs on the lean decoder (Llama family on a CPU),
+scoring does too, on the same merged weights; elsewhere it runs PEFT's unmerged forward.
 """
 
 from __future__ import annotations
@@ -262,6 +262,11 @@ class HFEngine(Engine):
                         results[i].append(Generation(text.strip(), len(used), cut is not None))
         return results
 
+    def _state(self, adapter: str | None) -> tuple[Any, ...]:
+        """The name of the weights ``adapter`` runs on now (the decoder caches per name)."""
+        name = adapter or "weights"
+        return (name, self._versions.get(name), self._installs.get(name))
+
     def _lean_generate(
         self,
         model: Any,
@@ -275,8 +280,7 @@ class HFEngine(Engine):
         results: list[list[Generation]] = [[] for _ in encoded]
         eos = set(self.eos_ids)
         draws = 1 if params.greedy else params.n
-        name = adapter or "weights"
-        state = (name, self._versions.get(name), self._installs.get(name))  # the weights now
+        state = self._state(adapter)
         for batch in self._batches(order, "generate"):
             outs = self.decoder.generate(
                 model,
@@ -315,6 +319,19 @@ class HFEngine(Engine):
         order = sorted(range(len(pairs)), key=lambda i: -sum(map(len, pairs[i])))
         results: list[TokenScore | None] = [None] * len(pairs)
         pad = self.tokenizer.pad_token_id
+        if self.lean and (adapter is None or self.merge_for_generation):
+            assert self.decoder is not None
+            with self._generating(adapter) as model:
+                state = self._state(adapter)
+                for batch in self._batches(order, "score"):
+                    logps = self.decoder.score(
+                        model, state, [pairs[i][0] for i in batch], [pairs[i][1] for i in batch],
+                        pad, self.share_prefix,
+                    )  # fmt: skip
+                    for i, logp in zip(batch, logps, strict=True):
+                        total = float(logp.sum())
+                        results[i] = TokenScore(total, total / len(logp), len(logp))
+            return [r for r in results if r is not None]
         with self._using(adapter) as model:
             for batch in self._batches(order, "score"):
                 seqs = [pairs[i][0] + pairs[i][1] for i in batch]

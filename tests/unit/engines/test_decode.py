@@ -93,6 +93,22 @@ def test_prompts_of_unlike_lengths_prefill_in_groups_and_change_no_output(pair):
     assert grouped == lean.generate(prompts, sampled)
 
 
+def test_scores_on_the_lean_decoder_equal_the_reference(pair):
+    """Scoring runs on the lean decoder too (shared prefix once, rows of unlike lengths in
+    groups, the LM head on the target positions only): the reference's log-probs, with and
+    without an adapter."""
+    lean, ref = pair
+    prompts = [f"{INSTRUCTED[i % 3]} {'and more words ' * (i % 11)}?" for i in range(20)]
+    targets = [" 3", " 38 apples", " 37 and then some", " 4", " 23."] * 4
+    lean.batch_size = ref.batch_size = 20
+    for engine in (lean, ref):
+        engine.set_adapter("x", _random_lora_state(engine, SPEC, 1), version=1, spec=SPEC)
+    for adapter in (None, "x"):
+        got, want = lean.score(prompts, targets, adapter), ref.score(prompts, targets, adapter)
+        assert [s.count for s in got] == [s.count for s in want]
+        assert [s.sum for s in got] == pytest.approx([s.sum for s in want], rel=1e-4, abs=1e-4)
+
+
 def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     base = list(range(10))
     assert shared_prefix([base + [1, 2], base + [1, 3]]) == 11
