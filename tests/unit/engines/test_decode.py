@@ -8,10 +8,7 @@ import torch
 from coalition.engines.base import LoraSpec, SamplingParams
 from coalition.engines.decode import (
     Decoder,
-    Weights,
-    _linear,
     _pick,
-    onednn_packs,
     prefill_groups,
     shared_prefix,
 )
@@ -55,26 +52,6 @@ def test_a_shared_prompt_prefix_runs_once_and_changes_no_output(pair):
     shared = lean.generate(INSTRUCTED, sampled)
     lean.share_prefix = False
     assert shared == lean.generate(INSTRUCTED, sampled)
-
-
-@pytest.mark.skipif(not onednn_packs(torch.float32), reason="this torch has no oneDNN")
-def test_packed_projections_change_no_output(pair):
-    """In fp32 the projections run on oneDNN's packed weights: greedy outputs equal generate's
-    (above) and samples equal those of the decoder on ATen's ``F.linear``."""
-    lean, _ = pair
-    w = Weights(lean.model)
-    assert w.head.is_mkldnn and all(x.is_mkldnn for x in (w.layers[0].qkv, w.layers[0].down))
-    assert not Weights(lean.model, pack=False).head.is_mkldnn
-    sampled = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, n=2, seed=3)
-    packed = lean.generate(INSTRUCTED, sampled)
-    lean.decoder.pack = False
-    assert packed == lean.generate(INSTRUCTED, sampled)
-    x, weight, bias = torch.randn(2, 3, 16), torch.randn(24, 16), torch.randn(24)
-    for b in (None, bias):  # a bias (Qwen2's q/k/v) and a row view, as the LM head reads
-        want = torch.nn.functional.linear(x[:, -1], weight, b)
-        got = _linear(x[:, -1], torch.ops.mkldnn._reorder_linear_weight(weight, None), b)
-        assert torch.allclose(got, want, atol=1e-5)
-    assert not onednn_packs(torch.bfloat16)  # bf16 keeps ATen's path (not measured packed)
 
 
 def test_prompts_of_unlike_lengths_prefill_in_groups_and_change_no_output(pair):

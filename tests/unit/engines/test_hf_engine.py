@@ -189,3 +189,14 @@ def test_generation_on_merged_weights_equals_unmerged(tiny_engine):
     for name, weight in base_weights.items():
         key = name if name in after else name.replace(".weight", ".base_layer.weight")
         assert torch.equal(after[key], weight), name
+
+
+def test_embed_is_the_mean_of_the_last_hidden_states(tiny_engine):
+    """A prompt's features: the full model's last hidden states averaged over its tokens (the
+    engine runs the backbone alone, in batches of unlike lengths)."""
+    feats = tiny_engine.embed(INSTRUCTED)
+    for prompt, f in zip(INSTRUCTED, feats, strict=True):
+        ids = torch.tensor([tiny_engine.encode(prompt)])
+        with torch.no_grad():
+            hidden = tiny_engine.model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        assert f == pytest.approx(hidden[0].float().mean(0).tolist(), rel=1e-4, abs=1e-5)
