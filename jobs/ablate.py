@@ -5,8 +5,10 @@
 Each arm of ``ablate.arms`` is a COALITION run (``run_dir/arms/<name>/``, a jobs/train.py run
 directory that jobs/evaluate.py and jobs/serve.py read) with some round-level keys changed. The
 first arm computes the warm-up; the others adopt it, and any round-1 stage whose settings agree
-with an earlier arm's (``coalition.recipes.ablation.ROUND1_CHAIN``). The arms run one after another on
-one set of actors and trainers. Results: ``ablation.md``, ``ablation.json``, ``ablation.png``.
+with an earlier arm's (``coalition.recipes.ablation.ROUND1_CHAIN``); an arm that scores
+candidates an earlier arm scored (the same drafts, refined differently) reuses their U. The
+arms run one after another on one set of actors and trainers. Results: ``ablation.md``,
+``ablation.json``, ``ablation.png``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[arm] {name}: {dict(ablation.flat(cfg.ablate.arms[name] or {}))}", flush=True)
             if taken:
                 print(f"[arm] {name} shares {', '.join(taken)}", flush=True)
-            Run(arm_cfg, workers, arm_dir).run()
+            Run(arm_cfg, workers, arm_dir, scores_from=ablation.score_sources(arm_cfg, done)).run()
             done.append(ablation.ArmResult(name, arm_cfg, arm_dir))
             report(run_dir, cfg, done)
     finally:

@@ -104,6 +104,13 @@ def shared_stages(arm: Config, earlier: Config) -> list[str]:
     return out
 
 
+def score_sources(arm: Config, done: list[ArmResult]) -> list[Path]:
+    """The earlier arms whose round-1 utilities hold for ``arm``: every arm starts round 1 from
+    the same warm-up, so a candidate's U depends only on the scorer (an arm that refines
+    differently rescores its new refinements, not the shared drafts)."""
+    return [earlier.dir for earlier in done if earlier.cfg.scorer == arm.scorer]
+
+
 def adopt(target: Path, source: Path, prefixes: list[str] | tuple[str, ...]) -> list[str]:
     """Adopt into run ``target`` every stage of run ``source`` named by ``prefixes`` (exact
     names, or prefixes ending in ``/``) that ``target`` has not finished; returns their names."""

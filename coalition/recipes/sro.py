@@ -33,7 +33,7 @@ from coalition.run import progress, stats
 from coalition.run.checkpoints import load_state
 from coalition.run.config import Config
 from coalition.run.preflight import check_train_size
-from coalition.run.rundir import read_records, write_json, write_records
+from coalition.run.rundir import RunDir, read_records, write_json, write_records
 
 OnEval = Callable[[int, dict[str, Any]], None]
 
@@ -48,11 +48,15 @@ class Run(Recipe):
         run_dir: Path,
         log: Log = progress.echo,
         on_eval: OnEval | None = None,
+        scores_from: list[Path] | None = None,
     ):
         """``on_eval(round, accuracy)`` is called after the warm-up (round 0) and each round's
-        held-out evaluation, also for stages a resumed run reads back (e.g. to report to Tune)."""
+        held-out evaluation, also for stages a resumed run reads back (e.g. to report to Tune).
+        ``scores_from``: runs whose round-1 utilities hold for this run too (an ablation's
+        earlier arms: the same warm-up and scorer); a candidate they scored is not rescored."""
         super().__init__(cfg, workers, run_dir, log)
         self.on_eval = on_eval
+        self.scores_from = scores_from or []
         self.K = cfg.variants.count
         self.keys = [variant_key(k) for k in range(self.K)]
         self.tok = workers.tokenizer
@@ -172,20 +176,35 @@ class Run(Recipe):
     def score(self, r: int) -> dict[str, Any]:
         pool = {ex.id: ex for ex in self.pool(r)}
         cands = self._read(r, "drafts") + self._read(r, "refinements")
-        reqs = [
-            scoring.request(pool[c.qid], c.text, self.task.answer_format, self.tok, self.chat)
-            for c in cands
-        ]
-        reqs += [
-            scoring.request(ex, None, self.task.answer_format, self.tok, self.chat)
-            for ex in pool.values()
-        ]
-        utils = self.workers.utilities([p for p, _ in reqs], [t for _, t in reqs])
-        scored = [replace(c, utility=u) for c, u in zip(cands, utils, strict=False)]
-        u0 = dict(zip(pool, utils[len(cands) :], strict=True))
+        known, known_u0 = self.known_utilities(r)
+        todo = [key for key in dict.fromkeys((c.qid, c.text) for c in cands) if key not in known]
+        todo_u0 = [qid for qid in pool if qid not in known_u0]
+        fmt = self.task.answer_format
+        reqs = [scoring.request(pool[qid], text, fmt, self.tok, self.chat) for qid, text in todo]
+        reqs += [scoring.request(pool[qid], None, fmt, self.tok, self.chat) for qid in todo_u0]
+        utils = self.workers.utilities([p for p, _ in reqs], [t for _, t in reqs]) if reqs else []
+        known.update(zip(todo, utils, strict=False))
+        known_u0.update(zip(todo_u0, utils[len(todo) :], strict=True))
+        scored = [replace(c, utility=known[(c.qid, c.text)]) for c in cands]
         write_records(self.dir.round_file(r, "scored.jsonl"), scored)
-        write_json(self.dir.round_file(r, "u0.json"), u0)
-        return {"scored": len(scored), "mean_u": sum(utils[: len(cands)]) / max(1, len(cands))}
+        write_json(self.dir.round_file(r, "u0.json"), {qid: known_u0[qid] for qid in pool})
+        mean_u = sum(c.utility or 0.0 for c in scored) / max(1, len(scored))
+        return {"scored": len(scored), "requests": len(reqs), "mean_u": mean_u}
+
+    def known_utilities(self, r: int) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+        """U of each (question, text) and U0 of each question that ``scores_from`` runs
+        computed in round ``r`` (round 1 only: later rounds start from different weights)."""
+        known: dict[tuple[str, str], float] = {}
+        u0: dict[str, float] = {}
+        for run in self.scores_from if r == 1 else []:
+            source = RunDir(run)
+            if not source.round_file(1, "scored.jsonl").exists():
+                continue
+            for c in read_records(source.round_file(1, "scored.jsonl"), P.Candidate):
+                if c.utility is not None:
+                    known[(c.qid, c.text)] = c.utility
+            u0.update(json.loads(source.round_file(1, "u0.json").read_text()))
+        return known, u0
 
     def select(self, r: int) -> dict[str, Any]:
         pool = {ex.id: ex for ex in self.pool(r)}
