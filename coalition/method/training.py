@@ -313,6 +313,22 @@ def sft(
     return _fit(SFTTrainer, make_args, model, tokenizer, rows, settings, prepare)
 
 
+def dpo_args(settings: StepSettings, out_dir: str) -> Any:
+    """TRL's DPOConfig of an update: DPO (+ NLL on the chosen side when ``nll_weight``)."""
+    from trl import DPOConfig
+
+    losses, weights = [settings.loss_type], [1.0]
+    if settings.nll_weight > 0:
+        losses, weights = [*losses, "sft"], [*weights, settings.nll_weight]
+    return DPOConfig(
+        **_common_args(settings, out_dir),
+        beta=settings.beta,
+        loss_type=losses,
+        loss_weights=weights,
+        precompute_ref_log_probs=settings.precompute_ref,
+    )
+
+
 def dpo(
     model: Any,
     tokenizer: Any,
@@ -322,26 +338,46 @@ def dpo(
 ) -> dict[str, float]:
     """DPO on prompt/chosen/rejected rows. The reference is the model as it is now (the variant
     at round start): with LoRA, TRL keeps a frozen "ref" copy of the loaded adapter; with full
-    weights, a frozen deep copy."""
+    weights, a frozen deep copy. Lean, batches group pairs of alike length."""
     from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
-    def make_args(out_dir: str) -> Any:
-        losses, weights = [settings.loss_type], [1.0]
-        if settings.nll_weight > 0:
-            losses, weights = [*losses, "sft"], [*weights, settings.nll_weight]
-        return DPOConfig(
-            **_common_args(settings, out_dir),
-            beta=settings.beta,
-            loss_type=losses,
-            loss_weights=weights,
-            precompute_ref_log_probs=settings.precompute_ref,
-        )
-
+    trainer_cls = lean_dpo_trainer(DPOTrainer) if settings.lean else DPOTrainer
     ref_model = None if isinstance(model, PeftModel) else copy.deepcopy(model).eval()
     return _fit(
-        DPOTrainer, make_args, model, tokenizer, rows, settings, prepare, ref_model=ref_model
+        trainer_cls,
+        functools.partial(dpo_args, settings),
+        model,
+        tokenizer,
+        rows,
+        settings,
+        prepare,
+        ref_model=ref_model,
     )
+
+
+def lean_dpo_trainer(trainer_cls: type) -> type:
+    """TRL's DPO trainer with batches of pairs of alike length, as the SFT trainer's
+    ``group_by_length`` (transformers' length-grouped sampler: sorted within random groups of a
+    few batches). TRL pads a batch's chosen and rejected sequences to its longest, and a
+    round's rationales differ in length: a third of a random batch's positions were padding.
+    TRL's DPO has no ``group_by_length`` of its own (its rows carry no ``input_ids`` to
+    measure), so the sampler is set here."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class LeanDPOTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            data = self.train_dataset if train_dataset is None else train_dataset
+            lengths = [
+                len(p) + max(len(c), len(r))
+                for p, c, r in zip(
+                    data["prompt_ids"], data["chosen_ids"], data["rejected_ids"], strict=True
+                )
+            ]
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(size, lengths=lengths)
+
+    return LeanDPOTrainer
 
 
 def run_update(

@@ -41,11 +41,12 @@ def test_dpo_reference_is_round_start_adapter_and_margin_grows(tiny_path):
         SFT_ROWS,
         training.StepSettings(lr=1e-2, epochs=2, batch_size=4),
     )
-    settings = training.StepSettings(lr=2e-2, epochs=4, batch_size=4, beta=0.1, seed=2)
+    # (at 2e-2 some batch orders overshoot and end where they started: seen on 2 of 6 seeds)
+    settings = training.StepSettings(lr=1e-2, epochs=4, batch_size=4, beta=0.1, seed=2)
     new, metrics = training.run_update("dpo", tiny_path, "lora", SPEC, warm, DPO_ROWS, settings)
-    # the first step's policy equals its reference (the loaded adapter), so the loss is ln 2
+    # the first step's policy equals its reference (the loaded adapter), so the loss is ln 2;
+    # whether it learned is read over every row below (the last batch's loss is 4 rows' noise)
     assert math.isclose(metrics["loss_first"], math.log(2), rel_tol=1e-4)
-    assert metrics["loss_last"] < metrics["loss_first"] and metrics["rewards_margins"] > 0
 
     engine = HFEngine.from_pretrained(tiny_path, device="cpu", progress=False)
     engine.set_adapter("before", warm, 1, SPEC)
@@ -58,6 +59,34 @@ def test_dpo_reference_is_round_start_adapter_and_margin_grows(tiny_path):
         return sum(c.sum - r.sum for c, r in zip(chosen, rejected, strict=True))
 
     assert margin("after") > margin("before")
+
+
+def test_lean_dpo_batches_pairs_of_alike_length(tiny_path, tmp_path):
+    """TRL pads a batch's sequences to its longest; the lean trainer's batches group pairs of
+    alike length (in random groups), so an epoch computes fewer padded positions."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    rows = [
+        {"prompt": f"Q: {i} plus one? A:", "chosen": f" {i + 1}." + " So it is." * (8 * (i % 2)),
+         "rejected": f" {i + 5}."}
+        for i in range(32)
+    ]  # fmt: skip
+    settings = training.StepSettings(batch_size=4, seed=3)
+    positions = {}
+    for cls in (DPOTrainer, training.lean_dpo_trainer(DPOTrainer)):
+        model, tok = training.load_trainable(tiny_path, "lora", SPEC, None)
+        trainer = cls(
+            model=model,
+            args=training.dpo_args(settings, str(tmp_path / cls.__name__)),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+        )
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == 2 * len(rows)  # every pair, once
+        positions[cls] = sum(b["input_ids"].numel() for b in batches)
+    plain, lean = positions.values()
+    assert lean < 0.85 * plain, (lean, plain)
 
 
 def test_full_mode_updates_every_weight(tiny_path):
