@@ -15,7 +15,7 @@ import ray
 from actors.hosts import GeneratorActor, ScorerActor
 from actors.persistent import PersistentTrainer, persistent_trainer
 from actors.resilient import Call, HostHandle, gather, started
-from actors.session import QUIET
+from actors.session import WORKER_ENV_VARS
 from actors.training import train_with
 from coalition.engines import EngineSpec
 from coalition.engines.weightsync import Channel, fingerprint, host_store
@@ -76,7 +76,7 @@ class RayGroup(Group):
                 num_cpus=cpus,
                 num_gpus=r.generator_gpus,
                 max_restarts=r.max_restarts,
-                runtime_env={"env_vars": QUIET},
+                runtime_env={"env_vars": WORKER_ENV_VARS},
             ).remote(h.path, h.mode, self.spec, EngineSpec.of(cfg), cpus)
             label = "scorer" if h.role == "scorer" else f"generator[{name}]"
             self.hosts[name] = HostHandle(actor, label, r.max_retries, log)

@@ -353,7 +353,7 @@ class Deliberator:
 
 def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
     """The Serve application of a trained run (``serve run`` config files name this)."""
-    from actors.session import QUIET
+    from actors.session import WORKER_ENV_VARS
     from coalition.run.rundir import RunDir
 
     overrides = dict(overrides or {})
@@ -364,12 +364,12 @@ def build(run_dir: str, overrides: dict[str, Any] | None = None) -> Any:
         ray_actor_options={
             "num_cpus": cfg.serve.model_cpus,
             "num_gpus": cfg.serve.model_gpus,
-            "runtime_env": {"env_vars": QUIET},
+            "runtime_env": {"env_vars": WORKER_ENV_VARS},
         },
         max_ongoing_requests=16,
     ).bind(str(run_dir), overrides)
     return Deliberator.options(
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": QUIET}}
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": WORKER_ENV_VARS}}
     ).bind(models, str(run_dir), overrides)
 
 

@@ -23,6 +23,16 @@ QUIET = {
     "TQDM_DISABLE": "1",
 }
 
+# glibc hands every freed buffer above its mmap threshold back to the kernel and faults fresh
+# zeroed pages in for the next one; a decoding step's activations and logits did that at every
+# step (millions of minor faults an evaluation, docs/benchmarks.md). Buffers up to 32 MiB
+# (glibc's largest threshold on 64-bit) stay in the heap and the heap's top is not trimmed, so
+# they are reused. A trainer still gives memory back after each update (release_memory).
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+# the environment of every actor, trainer worker and replica this project starts
+WORKER_ENV_VARS = {**QUIET, **ALLOCATOR}
+
 
 # Ray Train's PlacementGroupCleaner asks the state API whether its controller lives, every
 # second, and warns when it cannot answer. A local Ray here starts without the dashboard that

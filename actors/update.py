@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from actors.session import QUIET
+from actors.session import WORKER_ENV_VARS
 from coalition.engines.base import LoraSpec
 from coalition.method.training import State, StepSettings, run_update, threads_for
 
@@ -23,7 +23,7 @@ STATE_FILE = "state.safetensors"
 # Ray Train routes every print of a worker to its logger, even prints a library captures for
 # itself (datasets' fingerprinting disassembles functions into a captured stdout): off. And no
 # per-update progress bars in the driver's terminal (the stage lines say what runs).
-WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET}}
+WORKER_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **WORKER_ENV_VARS}}
 
 
 def _train_loop(config: dict[str, Any]) -> None:

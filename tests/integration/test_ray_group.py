@@ -1,5 +1,5 @@
 """The Ray group on the tiny model: pushes are versioned and confirmed, a killed generator
-actor is restarted, its state replayed, and no prompt of the batch is lost."""
+actor is restarted, its state and environment replayed, and no prompt of the batch is lost."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from actors.session import WORKER_ENV_VARS
 from coalition.engines.base import SamplingParams
 from coalition.groups.layout import coalition_layout
 from coalition.method.variants import BASE
@@ -72,6 +73,8 @@ def test_generator_killed_mid_batch_loses_nothing(workers, tiny_path, ray_sessio
     assert result["v0"] == expected  # every prompt answered, by the same version, in order
     assert ray_session.get(handle.actor.pid.remote()) != old_pid  # it really was restarted
     assert workers.actor_versions()["v0"] == {"v0": 1}  # and its pushed state was replayed
+    env = ray_session.get(handle.actor.__ray_call__.remote(lambda _: dict(os.environ)))
+    assert {k: env.get(k) for k in WORKER_ENV_VARS} == WORKER_ENV_VARS  # so is its environment
 
 
 def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp_path):
