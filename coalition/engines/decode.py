@@ -205,6 +205,25 @@ class Decoder:
             out.append(logp.gather(1, torch.tensor(t)[:, None])[:, 0])
         return out
 
+    @torch.inference_mode()
+    def embed(
+        self, model: Any, key: Any, prompts: list[list[int]], pad: int, share_prefix: bool = True
+    ) -> torch.Tensor:
+        """Each prompt's final hidden states (after the last norm, fp32) averaged over its
+        tokens, [B, hidden]: the controller's features, with the prompts' shared prefix run once
+        and no LM head."""
+        w = self.weights(model, key)
+        shared = shared_prefix(prompts) if share_prefix else 0
+        ids, mask, positions = _layout(prompts, shared, pad)
+        cache = _Cache(w, len(prompts), ids.shape[1])
+        prefix: list[torch.Tensor] = []
+        own = [len(p) - shared for p in prompts]
+        rows = _prefill(w, ids, mask, positions, cache, shared, own, False, prefix)
+        start = prefix[0].sum(0) if prefix else 0.0
+        return torch.stack(
+            [(start + r.sum(0)) / len(p) for r, p in zip(rows, prompts, strict=True)]
+        )
+
 
 def _layout(seqs: list[list[int]], shared: int, pad: int) -> tuple[torch.Tensor, ...]:
     """Token ids, key mask and positions of a batch: the ``shared`` leading tokens every row
@@ -287,14 +306,25 @@ def _mlp(w: Weights, layer: _Layer, x: torch.Tensor) -> torch.Tensor:
     return F.linear(F.silu(gate) * up, layer.down)
 
 
-def _forward(w: Weights, h: torch.Tensor, positions, mask, cache: _Cache, at: int, keep: int = 1):
-    """fp32 logits [B, keep, vocab] of the last ``keep`` positions."""
+def _forward(
+    w: Weights,
+    h: torch.Tensor,
+    positions,
+    mask,
+    cache: _Cache,
+    at: int,
+    keep: int = 1,
+    head: bool = True,
+) -> torch.Tensor:
+    """fp32 logits [B, keep, vocab] of the last ``keep`` positions (``head=False``: their
+    final, normed hidden states [B, keep, hidden] instead)."""
     cos, sin = w.rotary(h, positions)
     cos, sin = cos[:, None], sin[:, None]
     for li, layer in enumerate(w.layers):
         h = h + _attend(w, layer, h, cos, sin, mask, cache, li, at)
         h = h + _mlp(w, layer, h)
-    return F.linear(_rms(h[:, -keep:], w.norm, w.eps), w.head).float()
+    h = _rms(h[:, -keep:], w.norm, w.eps)
+    return (F.linear(h, w.head) if head else h).float()
 
 
 def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:
@@ -310,18 +340,29 @@ def shared_prefix(prompts: list[list[int]], least: int = MIN_SHARED) -> int:
 
 
 def _prefill(
-    w: Weights, ids, mask, positions, cache: _Cache, shared: int = 0, keep: list[int] | None = None
+    w: Weights,
+    ids,
+    mask,
+    positions,
+    cache: _Cache,
+    shared: int = 0,
+    keep: list[int] | None = None,
+    head: bool = True,
+    prefix: list[torch.Tensor] | None = None,
 ) -> Any:
     """The prompts' keys and values into the cache; the logits [B, 1, vocab] after the last
     prompt token, or with ``keep`` a list of each row's logits [keep[row], vocab] of its last
-    positions. The first ``shared`` tokens are the same in every row: they run once, as a
+    positions (``head=False``: hidden states, and the shared prefix's go into ``prefix``).
+    The first ``shared`` tokens are the same in every row: they run once, as a
     batch of one, and their keys and values are copied to every row (the chat template and
     instructions are most of a prompt here, so this skips most of the prefill's FLOPs)."""
     if shared:
         one = _Cache(w, 1, shared)
         causal = torch.ones((shared, shared), dtype=torch.bool).tril()
-        _forward(w, F.embedding(ids[:1, :shared], w.embed), positions[:1, :shared],
-                 causal[None, None], one, 0)  # fmt: skip
+        out = _forward(w, F.embedding(ids[:1, :shared], w.embed), positions[:1, :shared],
+                       causal[None, None], one, 0, shared if prefix is not None else 1, head)  # fmt: skip
+        if prefix is not None:
+            prefix.append(out[0])
         for li in range(len(w.layers)):
             cache.k[li][:, :, :shared] = one.k[li]
             cache.v[li][:, :, :shared] = one.v[li]
@@ -338,7 +379,7 @@ def _prefill(
         last = 1 if keep is None else max(keep[a:b])
         h = F.embedding(ids[a:b, start:], w.embed)
         out = _forward(
-            w, h, positions[a:b, start:], allowed[:, None], cache.rows(a, b), start, last
+            w, h, positions[a:b, start:], allowed[:, None], cache.rows(a, b), start, last, head
         )
         if keep is None:
             logits.append(out)

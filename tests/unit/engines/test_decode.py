@@ -194,3 +194,15 @@ def test_samples_do_not_depend_on_the_batching(tiny_path):
         engine = HFEngine.from_pretrained(tiny_path, device="cpu", batch_size=batch, progress=False)
         outs.append(texts(engine.generate(PROMPTS, params)))
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_embed_equals_the_backbones_mean_hidden_state(pair):
+    """The controller's features on the lean decoder (the shared prefix once, groups of unlike
+    lengths, no LM head) equal the reference's full backbone pass."""
+    lean, ref = pair
+    prompts = [f"{INSTRUCTED[i % 3]} {'and more words ' * (i % 11)}?" for i in range(20)]
+    lean.batch_size = ref.batch_size = 20
+    assert shared_prefix([lean.encode(p) for p in prompts]) >= 8
+    got, want = lean.embed(prompts), ref.embed(prompts)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-4, abs=1e-5)
