@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from actors.session import WORKER_ENV_VARS
+from actors.session import ALLOCATOR, WORKER_ENV_VARS
 from coalition.engines.base import SamplingParams
 from coalition.groups.layout import coalition_layout
 from coalition.method.variants import BASE
@@ -74,7 +74,8 @@ def test_generator_killed_mid_batch_loses_nothing(workers, tiny_path, ray_sessio
     assert ray_session.get(handle.actor.pid.remote()) != old_pid  # it really was restarted
     assert workers.actor_versions()["v0"] == {"v0": 1}  # and its pushed state was replayed
     env = ray_session.get(handle.actor.__ray_call__.remote(lambda _: dict(os.environ)))
-    assert {k: env.get(k) for k in WORKER_ENV_VARS} == WORKER_ENV_VARS  # so is its environment
+    want = WORKER_ENV_VARS | ALLOCATOR
+    assert {k: env.get(k) for k in want} == want  # so is its environment, allocator and all
 
 
 def test_full_weights_are_broadcast_from_the_trainer(ray_session, tiny_path, tmp_path):
