@@ -427,7 +427,8 @@ def lean_dpo_trainer(trainer_cls: type) -> type:
     few batches). TRL pads a batch's chosen and rejected sequences to its longest, and a
     round's rationales differ in length: a third of a random batch's positions were padding.
     TRL's DPO has no ``group_by_length`` of its own (its rows carry no ``input_ids`` to
-    measure), so the sampler is set here."""
+    measure), so the sampler is set here. (A batch that runs as its prefix tree has no
+    padding; grouping still serves the batches too large for one.)"""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class LeanDPOTrainer(trainer_cls):  # type: ignore[misc, valid-type]
